@@ -1,0 +1,1 @@
+"""poolkit: PgBouncer in transaction mode in front of Postgres, sized for serverless apps."""

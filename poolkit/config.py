@@ -1,0 +1,475 @@
+"""Stack config: the one input format of every target, validated into frozen settings.
+
+A stack file is a Pulumi stack settings file (``Pulumi.<stack>.yaml``) whose ``config:`` holds
+keys in the ``poolkit:`` namespace. Every key has a default, so a file may hold only what it
+changes. Validation reports every problem at once; each names the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from poolkit.units import GIB, MIB, parse_size
+
+NAMESPACE = "poolkit"
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+PGBOUNCER_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
+# Roles the kit creates for itself; database users may not take these names.
+RESERVED_ROLES = frozenset({"postgres", "pgbouncer", "pgbouncer_admin", "pgbouncer_stats"})
+RESERVED_DATABASES = frozenset({"postgres", "pgbouncer", "template0", "template1"})
+MIN_PGBOUNCER = (1, 17)
+PASSWORD_ENV = {"app_password": "POOLKIT_APP_PASSWORD", "migrator_password": "POOLKIT_MIGRATOR_PASSWORD"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation failure: where, what was there, and how to fix it."""
+
+    key: str
+    value: Any
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message} (got {self.value!r}). Fix: {self.fix}"
+
+
+class ConfigError(ValueError):
+    """The stack config is invalid; ``problems`` lists every reason."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """A Pulumi ``secure:`` value: only the Pulumi runtime can decrypt it."""
+
+    ciphertext: str
+
+
+@dataclass(frozen=True)
+class PostgresSpec:
+    version: int = 17
+    """PostgreSQL major version, 15 to 17."""
+    memory_bytes: int = GIB
+    """Memory of the Postgres host or container (``memory: 4GiB``)."""
+    cpus: int = 2
+    storage: str = "ssd"
+    """ssd | hdd | san | nvme: drives random_page_cost and effective_io_concurrency."""
+    workload: str = "web"
+    """web | oltp | mixed | dw | desktop, as in pgtune."""
+    max_connections: int | None = None
+    """Override; derived from the pool plan when absent."""
+    port: int = 5432
+    publish: bool = False
+    """Docker target: publish the port on 127.0.0.1 (the direct URL needs it from the host)."""
+
+
+@dataclass(frozen=True)
+class PgBouncerSpec:
+    version: str = "1.24"
+    """Declared version; the local target replaces it with the detected one."""
+    pool_mode: str = "transaction"
+    default_pool_size: int | None = None
+    reserve_pool_size: int | None = None
+    max_client_conn: int | None = None
+    max_prepared_statements: int | None = None
+    query_wait_timeout: int = 15
+    """Seconds a client may wait for a server connection before PgBouncer gives up."""
+    idle_transaction_timeout: int = 30
+    """Seconds a paused (zombie) instance may sit in an open transaction holding a server."""
+    port: int = 6432
+
+    @property
+    def version_tuple(self) -> tuple[int, int]:
+        major, minor = PGBOUNCER_VERSION.match(self.version).groups()[:2]  # type: ignore[union-attr]
+        return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    name: str = "app"
+    app_user: str = "app"
+    """Role the apps use through PgBouncer."""
+    migrator_user: str = "migrator"
+    """Owner of the database; used by the direct URL (migrations, session features)."""
+    app_password: str | Encrypted | None = None
+    migrator_password: str | Encrypted | None = None
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str
+    style: str
+    """lambda (client reused while warm) | workers (connection per request)."""
+    instances: int = 10
+    """Peak concurrent instances of the function; sizes the pool."""
+    connection_limit: int | None = None
+    replicas: int = 1
+    """Containers or processes the sample deployment runs (a sample, not the fleet)."""
+    port: int = 8080
+    """First host port; replica i listens on port + i."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    postgres: PostgresSpec = field(default_factory=PostgresSpec)
+    pgbouncer: PgBouncerSpec = field(default_factory=PgBouncerSpec)
+    database: DatabaseSpec = field(default_factory=DatabaseSpec)
+    apps: tuple[AppSpec, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+# --- field rules -------------------------------------------------------------------------------
+
+Check = Callable[[Any], str | None]  # returns a complaint or None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one key is read: its type, its allowed values, and the fix to suggest."""
+
+    kind: type | tuple[type, ...]
+    fix: str
+    check: Check | None = None
+    convert: Callable[[Any], Any] | None = None
+    optional: bool = False
+    """None is an accepted value (the sizing derives it)."""
+
+
+def _between(low: int, high: int) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _matches(pattern: re.Pattern[str], what: str) -> Check:
+    return lambda v: None if pattern.match(v) else f"must be {what}"
+
+
+def _size_check(v: str) -> str | None:
+    try:
+        size = parse_size(v)
+    except ValueError as error:
+        return f"is {error}; write a size like 4GiB or 512MB"
+    if not 256 * MIB <= size <= 4096 * GIB:
+        return "must be between 256MiB and 4TiB"
+    return None
+
+
+def _pgbouncer_version_check(v: str) -> str | None:
+    match = PGBOUNCER_VERSION.match(v)
+    if not match:
+        return "must look like 1.24 or 1.18.0"
+    if tuple(int(x) for x in match.groups()[:2]) < MIN_PGBOUNCER:
+        return "is older than 1.17, the oldest PgBouncer poolkit supports"
+    return None
+
+
+def _identifier(v: str) -> str | None:
+    if not IDENTIFIER.match(v):
+        return "must be a lower-case SQL identifier (letters, digits, _; max 63)"
+    return None
+
+
+PORT = Rule(int, "use a TCP port between 1024 and 65535", _between(1024, 65535))
+
+POSTGRES_RULES: dict[str, Rule] = {
+    "version": Rule(int, "use 15, 16 or 17 (unquoted)", _between(15, 17)),
+    "memory": Rule(str, "write the host's memory like 4GiB or 512MB", _size_check),
+    "cpus": Rule(int, "use the number of CPUs, 1 to 256", _between(1, 256)),
+    "storage": Rule(str, "use ssd, hdd, san or nvme", _one_of("ssd", "hdd", "san", "nvme")),
+    "workload": Rule(
+        str, "use web, oltp, mixed, dw or desktop", _one_of("web", "oltp", "mixed", "dw", "desktop")
+    ),
+    "max_connections": Rule(int, "use 20 to 10000, or remove it to derive", _between(20, 10000),
+                            optional=True),
+    "port": PORT,
+    "publish": Rule(bool, "use true or false"),
+}  # fmt: skip
+
+PGBOUNCER_RULES: dict[str, Rule] = {
+    "version": Rule(str, 'quote the version, e.g. "1.24"', _pgbouncer_version_check),
+    "pool_mode": Rule(
+        str,
+        "use transaction (or session, which keeps one server per client)",
+        _one_of("transaction", "session"),
+    ),
+    "default_pool_size": Rule(int, "use 1 to 1000, or remove it to derive", _between(1, 1000),
+                              optional=True),
+    "reserve_pool_size": Rule(int, "use 0 to 1000, or remove it to derive", _between(0, 1000),
+                              optional=True),
+    "max_client_conn": Rule(int, "use 10 to 100000, or remove it to derive", _between(10, 100000),
+                            optional=True),
+    "max_prepared_statements": Rule(int, "use 0 to 10000, or remove it", _between(0, 10000),
+                                    optional=True),
+    "query_wait_timeout": Rule(int, "use seconds between 2 and 3600", _between(2, 3600)),
+    "idle_transaction_timeout": Rule(int, "use seconds between 0 (off) and 86400",
+                                     _between(0, 86400)),
+    "port": PORT,
+}  # fmt: skip
+
+DATABASE_RULES: dict[str, Rule] = {
+    "name": Rule(str, "use a lower-case identifier such as app", _identifier),
+    "app_user": Rule(str, "use a lower-case identifier such as app", _identifier),
+    "migrator_user": Rule(str, "use a lower-case identifier such as migrator", _identifier),
+}
+
+APP_RULES: dict[str, Rule] = {
+    "name": Rule(str, "use lower-case letters, digits and -, starting with a letter",
+                 _matches(APP_NAME, "a short lower-case name (letters, digits, -)")),
+    "style": Rule(str, "use lambda or workers", _one_of("lambda", "workers")),
+    "instances": Rule(int, "use the peak number of concurrent instances, 1 to 100000",
+                      _between(1, 100000)),
+    "connection_limit": Rule(int, "use 1 to 100, or remove it to derive", _between(1, 100),
+                             optional=True),
+    "replicas": Rule(int, "use 1 to 20 sample containers", _between(1, 20)),
+    "port": PORT,
+}  # fmt: skip
+APP_REQUIRED = ("name", "style")
+
+
+def _suggest(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}known keys: {', '.join(sorted(known))}"
+
+
+def _read_section(
+    where: str, raw: Any, rules: Mapping[str, Rule], problems: list[Problem]
+) -> dict[str, Any]:
+    """Check one mapping against its rules; return the valid, converted values."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(Problem(where, raw, "must be a mapping of keys", "indent keys under it"))
+        return {}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}"
+        rule = rules.get(key)
+        if rule is None:
+            problems.append(Problem(path, value, "is not a known key", _suggest(str(key), list(rules))))
+            continue
+        if value is None and rule.optional:
+            continue
+        # bool is an int in Python; never let true pass as a number.
+        wrong_type = not isinstance(value, rule.kind) or (
+            isinstance(value, bool) and rule.kind is not bool
+        )
+        if wrong_type:
+            expected = getattr(rule.kind, "__name__", "value")
+            problems.append(Problem(path, value, f"must be a {expected}", rule.fix))
+            continue
+        complaint = rule.check(value) if rule.check else None
+        if complaint:
+            problems.append(Problem(path, value, complaint, rule.fix))
+            continue
+        values[key] = rule.convert(value) if rule.convert else value
+    return values
+
+
+def _read_password(key: str, raw: Any, problems: list[Problem]) -> str | Encrypted | None:
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping) and set(raw) == {"secure"}:
+        return Encrypted(str(raw["secure"]))
+    if not isinstance(raw, str):
+        problems.append(Problem(f"{NAMESPACE}:{key}", "***", "must be a string",
+                                "set it with `pulumi config set --secret`"))
+        return None
+    if len(raw) < 12 or any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        problems.append(Problem(
+            f"{NAMESPACE}:{key}", "***",
+            "must be at least 12 characters with no control characters",
+            f"choose a longer password, or remove it and let poolkit generate one",
+        ))  # fmt: skip
+        return None
+    return raw
+
+
+def _read_apps(raw: Any, problems: list[Problem]) -> tuple[AppSpec, ...]:
+    where = f"{NAMESPACE}:apps"
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.append(Problem(where, raw, "must be a list of apps", "write `- name: …` items"))
+        return ()
+    apps: list[AppSpec] = []
+    next_port = 8080
+    for index, item in enumerate(raw):
+        path = f"{where}[{index}]"
+        values = _read_section(path, item, APP_RULES, problems)
+        if isinstance(item, Mapping):
+            missing = [k for k in APP_REQUIRED if k not in item]
+            for key in missing:
+                problems.append(Problem(f"{path}.{key}", None, "is required", APP_RULES[key].fix))
+        if not all(k in values for k in APP_REQUIRED):
+            continue
+        values.setdefault("port", next_port)
+        app = AppSpec(**values)
+        next_port = app.port + app.replicas
+        apps.append(app)
+    return tuple(apps)
+
+
+def _cross_checks(stack: StackConfig, problems: list[Problem]) -> None:
+    """Rules between fields: names, ports, version-gated parameters."""
+    db, bouncer = stack.database, stack.pgbouncer
+    ns = NAMESPACE
+    for key in ("app_user", "migrator_user"):
+        if getattr(db, key) in RESERVED_ROLES:
+            problems.append(Problem(f"{ns}:database.{key}", getattr(db, key),
+                                    "is a role poolkit reserves for itself",
+                                    "choose another name"))  # fmt: skip
+    if db.app_user == db.migrator_user:
+        problems.append(Problem(f"{ns}:database.migrator_user", db.migrator_user,
+                                "must differ from app_user",
+                                "give the owner role its own name, e.g. migrator"))  # fmt: skip
+    if db.name in RESERVED_DATABASES:
+        problems.append(Problem(f"{ns}:database.name", db.name, "is a reserved database name",
+                                "choose another name, e.g. app"))  # fmt: skip
+    if bouncer.max_prepared_statements and bouncer.version_tuple < (1, 21):
+        problems.append(Problem(
+            f"{ns}:pgbouncer.max_prepared_statements", bouncer.max_prepared_statements,
+            f"is not supported by PgBouncer {bouncer.version} (needs 1.21 or newer)",
+            "remove it, or use PgBouncer 1.21+",
+        ))  # fmt: skip
+
+    seen_names: set[str] = set()
+    taken: dict[int, str] = {stack.postgres.port: f"{ns}:postgres.port"}
+    if bouncer.port in taken:
+        problems.append(Problem(f"{ns}:pgbouncer.port", bouncer.port,
+                                "clashes with poolkit:postgres.port",
+                                "give PgBouncer its own port, e.g. 6432"))  # fmt: skip
+    taken[bouncer.port] = f"{ns}:pgbouncer.port"
+    for index, app in enumerate(stack.apps):
+        path = f"{ns}:apps[{index}]"
+        if app.name in seen_names:
+            problems.append(Problem(f"{path}.name", app.name, "is used by another app",
+                                    "give each app a unique name"))  # fmt: skip
+        seen_names.add(app.name)
+        if app.replicas > app.instances:
+            problems.append(Problem(f"{path}.replicas", app.replicas,
+                                    f"is more than instances ({app.instances})",
+                                    "lower replicas or raise instances"))  # fmt: skip
+        for port in range(app.port, app.port + app.replicas):
+            if port in taken:
+                problems.append(Problem(f"{path}.port", app.port,
+                                        f"needs port {port}, which {taken[port]} uses",
+                                        "move the app to a free port range"))  # fmt: skip
+                break
+            if port > 65535:
+                problems.append(Problem(f"{path}.port", app.port,
+                                        "leaves no room for its replicas below 65536",
+                                        "choose a lower port"))  # fmt: skip
+                break
+            taken[port] = f"{path}.port"
+
+
+def _warnings(stack: StackConfig) -> tuple[str, ...]:
+    if stack.pgbouncer.pool_mode == "session":
+        return ("poolkit:pgbouncer.pool_mode is session: every client holds a server connection "
+                "for its whole session, so a serverless burst is not pooled.",)  # fmt: skip
+    return ()
+
+
+SECTIONS = {"postgres": POSTGRES_RULES, "pgbouncer": PGBOUNCER_RULES, "database": DATABASE_RULES}
+TOP_LEVEL = (*SECTIONS, "apps", *PASSWORD_ENV)
+
+
+def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
+    """Validate the ``config:`` mapping of a stack file; raise ConfigError listing every problem.
+
+    Keys outside the ``poolkit:`` namespace (provider settings such as ``docker:host``) are left
+    alone; keys without a namespace belong to the project, as in Pulumi.
+    """
+    problems: list[Problem] = []
+    if not STACK_NAME.match(stack):
+        problems.append(Problem("stack", stack, "is not a valid stack name",
+                                "use lower-case letters, digits and -"))  # fmt: skip
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError([Problem("config", raw, "must be a mapping", "write `config:` keys")])
+    ours: dict[str, Any] = {}
+    for key, value in (raw or {}).items():
+        namespace, _, name = str(key).rpartition(":")
+        if namespace in ("", NAMESPACE):
+            if name not in TOP_LEVEL:
+                problems.append(Problem(f"{NAMESPACE}:{name}", value, "is not a known key",
+                                        _suggest(name, TOP_LEVEL)))  # fmt: skip
+            ours[name] = value
+
+    sections = {
+        name: _read_section(f"{NAMESPACE}:{name}", ours.get(name), rules, problems)
+        for name, rules in SECTIONS.items()
+    }
+    if "memory" in sections["postgres"]:
+        sections["postgres"]["memory_bytes"] = parse_size(sections["postgres"].pop("memory"))
+    passwords = {key: _read_password(key, ours.get(key), problems) for key in PASSWORD_ENV}
+    apps = _read_apps(ours.get("apps"), problems)
+    if problems:
+        raise ConfigError(problems)
+
+    config = StackConfig(
+        stack=stack,
+        postgres=PostgresSpec(**sections["postgres"]),
+        pgbouncer=PgBouncerSpec(**sections["pgbouncer"]),
+        database=DatabaseSpec(**sections["database"], **passwords),
+        apps=apps,
+    )
+    _cross_checks(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return StackConfig(**{**config.__dict__, "warnings": _warnings(config)})
+
+
+def stack_path(root: Path, stack: str) -> Path:
+    """Where the settings file of ``stack`` lives in a project root."""
+    return root / f"Pulumi.{stack}.yaml"
+
+
+def stack_name_of(path: Path) -> str:
+    """``Pulumi.dev.yaml`` -> ``dev``; any other file name -> its stem."""
+    name = path.name
+    if name.startswith("Pulumi.") and name.endswith((".yaml", ".yml")):
+        return name.split(".", 1)[1].rsplit(".", 1)[0]
+    return path.stem
+
+
+def load_stack(path: Path, stack: str | None = None) -> StackConfig:
+    """Read and validate a stack settings file."""
+    where = str(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([Problem("--stack-file", where, "does not exist",
+                                   "create it, or pass --stack NAME for Pulumi.NAME.yaml")]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([Problem("--stack-file", where, f"is not valid YAML: {error}",
+                                   "fix the YAML syntax")]) from None  # fmt: skip
+    if document is None:
+        document = {}
+    if not isinstance(document, Mapping) or not isinstance(document.get("config", {}), Mapping):
+        raise ConfigError([Problem("config", where, "must be a mapping under `config:`",
+                                   "start the file with `config:` and indent keys under it")])
+    return parse_stack(document.get("config") or {}, stack or stack_name_of(path))
+
+
+def password_from_env(key: str) -> str | None:
+    """The password the user exported for ``key`` (``app_password``), if any."""
+    return os.environ.get(PASSWORD_ENV[key]) or None

@@ -1,0 +1,191 @@
+"""Render every config file of a stack from Jinja2 templates (StrictUndefined), byte-stable.
+
+Targets describe themselves with a ``Layout`` (paths, listen addresses, how PgBouncer reaches
+Postgres, which host and ports the URLs name); sizes come from the plan, never from a target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from poolkit.config import StackConfig
+from poolkit.secrets import Credential, Secrets
+from poolkit.sizing import AppPlan, Plan
+from poolkit.urls import postgres_url, prisma_params
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Facts of one target that the rendered files name. Defaults describe the Docker images."""
+
+    name: str = "docker"
+    superuser: str = "postgres"
+    listen_addresses: str = "*"
+    client_networks: tuple[str, ...] = ("samenet",)
+    """pg_hba addresses the app and migrator roles may connect from."""
+    data_directory: str = "/var/lib/postgresql/data"
+    config_dir: str = "/etc/poolkit"
+    postgres_port: int = 5432
+    postgres_socket_dir: str = "/var/run/postgresql"
+    postgres_host: str = "postgres"
+    """How PgBouncer reaches Postgres."""
+    pgbouncer_listen: str = "*"
+    pgbouncer_port: int = 6432
+    pgbouncer_dir: str = "/etc/pgbouncer"
+    pgbouncer_socket_dir: str = "/var/run/postgresql"
+    pgbouncer_pidfile: str = ""
+    pgbouncer_logfile: str = ""
+    """Empty: log to stderr (the container's log)."""
+    public_host: str = "127.0.0.1"
+    public_pgbouncer_port: int = 6432
+    """Host and port of the pooled URLs (published or loopback)."""
+    public_postgres_host: str = "127.0.0.1"
+    public_postgres_port: int = 5432
+    """Host and port of DIRECT_URL."""
+
+
+class RenderError(ValueError):
+    """A value would break out of its place in a rendered file."""
+
+
+def _templates_dir() -> Path:
+    packaged = Path(__file__).parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+
+
+def _single_line(value: Any) -> str:
+    text = str(value)
+    if any(c in text for c in "\n\r\0"):
+        raise RenderError(f"value {text!r} spans lines")
+    return text
+
+
+def _conf_string(value: Any) -> str:
+    """A postgresql.conf value: single-quoted, quotes doubled."""
+    return "'" + _single_line(value).replace("'", "''") + "'"
+
+
+def _ident(value: Any) -> str:
+    """A double-quoted SQL identifier or userlist name."""
+    return '"' + _single_line(value).replace('"', '""') + '"'
+
+
+def _sql_literal(value: Any) -> str:
+    return "'" + _single_line(value).replace("'", "''") + "'"
+
+
+def _ini_value(value: Any) -> str:
+    text = _single_line(value)
+    if ";" in text or "#" in text:
+        raise RenderError(f"ini value {text!r} holds a comment character")
+    return text
+
+
+_ENVIRONMENT = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(_templates_dir()),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+_ENVIRONMENT.filters.update(
+    conf_string=_conf_string, ident=_ident, sql_literal=_sql_literal, ini=_ini_value,
+    line=_single_line,
+)  # fmt: skip
+
+
+def _render(template: str, **context: Any) -> str:
+    return _ENVIRONMENT.get_template(template).render(**context)
+
+
+def render_postgresql_conf(stack: StackConfig, plan: Plan, layout: Layout) -> str:
+    return _render("postgresql.conf.j2", stack=stack, layout=layout,
+                   settings=sorted(plan.postgres, key=lambda s: s.name))  # fmt: skip
+
+
+def render_pg_hba(stack: StackConfig, layout: Layout) -> str:
+    db = stack.database
+    records = [
+        {"type": "host", "database": db.name, "user": role, "address": network}
+        for role in (db.migrator_user, db.app_user)
+        for network in layout.client_networks
+    ]
+    return _render("pg_hba.conf.j2", stack=stack, layout=layout, records=records)
+
+
+def render_pgbouncer_ini(stack: StackConfig, plan: Plan, layout: Layout) -> str:
+    return _render("pgbouncer.ini.j2", stack=stack, layout=layout,
+                   settings=sorted(plan.pgbouncer, key=lambda s: s.name))  # fmt: skip
+
+
+def render_userlist(secrets: Secrets) -> str:
+    """PgBouncer's auth file: app role and console users, SCRAM verifiers only."""
+    users = [secrets.app, secrets.pgbouncer_admin, secrets.pgbouncer_stats]
+    return _render("userlist.txt.j2", users=users)
+
+
+def render_init_sql(stack: StackConfig, secrets: Secrets) -> str:
+    """Roles with SCRAM verifiers, the database owned by the migrator, the app role's grants."""
+    return _render("init.sql.j2", stack=stack, secrets=secrets)
+
+
+def _url(credential: Credential, host: str, port: int, dbname: str, **params: Any) -> str:
+    return postgres_url(credential.user, credential.password, host, port, dbname, params)
+
+
+def render_env(
+    stack: StackConfig, plan: Plan, secrets: Secrets, layout: Layout, app: AppPlan | None = None
+) -> str:
+    """The ``.env`` text; for one app when ``app`` is given, else for the tightest app."""
+    limits = [a.connection_limit for a in plan.apps] or [1]
+    connection_limit = app.connection_limit if app else min(limits)
+    pool_timeout = plan.pool.pool_timeout
+    host, port, db = layout.public_host, layout.public_pgbouncer_port, stack.database.name
+    urls = {
+        "DATABASE_URL": _url(secrets.app, host, port, db,
+                             **prisma_params(connection_limit, pool_timeout)),
+        "POOLED_DATABASE_URL": _url(secrets.app, host, port, db),
+        "DIRECT_URL": _url(secrets.migrator, layout.public_postgres_host,
+                           layout.public_postgres_port, db),
+        "PGBOUNCER_STATS_URL": _url(secrets.pgbouncer_stats, host, port, "pgbouncer"),
+    }  # fmt: skip
+    return _render(
+        "env.j2", stack=stack, plan=plan, app=app, urls=urls,
+        connection_limit=connection_limit,
+        prepared="on" if plan.prepared_statements else "off",
+    )  # fmt: skip
+
+
+def env_file_names(stack: StackConfig, plan: Plan) -> dict[str, AppPlan | None]:
+    """``.env`` for the stack, plus ``.env.<app>`` for each app when the apps' limits differ."""
+    names: dict[str, AppPlan | None] = {".env": None}
+    if len({a.connection_limit for a in plan.apps}) > 1:
+        names |= {f".env.{a.name}": a for a in plan.apps}
+    return names
+
+
+def render_all(stack: StackConfig, plan: Plan, secrets: Secrets, layout: Layout) -> dict[str, str]:
+    """Every file of the stack, name -> text."""
+    files = {
+        "postgresql.conf": render_postgresql_conf(stack, plan, layout),
+        "pg_hba.conf": render_pg_hba(stack, layout),
+        "pgbouncer.ini": render_pgbouncer_ini(stack, plan, layout),
+        "userlist.txt": render_userlist(secrets),
+        "init.sql": render_init_sql(stack, secrets),
+    }
+    for name, app in env_file_names(stack, plan).items():
+        files[name] = render_env(stack, plan, secrets, layout, app)
+    return files
+
+
+PRIVATE_FILES = frozenset({"userlist.txt", "init.sql"})
+
+
+def is_private(name: str) -> bool:
+    """Whether a rendered file holds secrets (verifiers or passwords) and must be 0600."""
+    return name in PRIVATE_FILES or name.startswith(".env")

@@ -1,0 +1,107 @@
+"""Credentials of a stack: taken from the user or generated once, then kept.
+
+Salts are made once and stored with the passwords, so every render of ``userlist.txt`` and the
+init SQL is byte-stable and causes no needless restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets as random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from poolkit import scram
+from poolkit.config import ConfigError, Encrypted, Problem, StackConfig, password_from_env
+
+ADMIN_USER = "pgbouncer_admin"
+STATS_USER = "pgbouncer_stats"
+
+
+@dataclass(frozen=True)
+class Credential:
+    user: str
+    password: str
+    salt: str
+    """Base64 of the SCRAM salt."""
+    iterations: int = scram.DEFAULT_ITERATIONS
+
+    @property
+    def verifier(self) -> str:
+        return scram.verifier(self.password, base64.b64decode(self.salt), self.iterations)
+
+    def __repr__(self) -> str:
+        return f"Credential(user={self.user!r}, password='***')"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    superuser: Credential
+    migrator: Credential
+    app: Credential
+    pgbouncer_admin: Credential
+    """PgBouncer console user allowed to PAUSE, RESUME and RELOAD."""
+    pgbouncer_stats: Credential
+    """PgBouncer console user that may only run SHOW commands."""
+
+
+def generate_password() -> str:
+    """A long random password that needs no escaping anywhere (URL-safe alphabet)."""
+    return random.token_urlsafe(24)
+
+
+def new_salt() -> str:
+    return base64.b64encode(random.token_bytes(scram.SALT_BYTES)).decode()
+
+
+def _credential(user: str, password: str | None, previous: Credential | None) -> Credential:
+    if previous and previous.user == user and password in (None, previous.password):
+        return previous
+    return Credential(user=user, password=password or generate_password(), salt=new_salt())
+
+
+def _given_password(stack: StackConfig, key: str) -> str | None:
+    value = getattr(stack.database, key)
+    if isinstance(value, Encrypted):
+        raise ConfigError([Problem(
+            f"poolkit:{key}", "secure: …",
+            "is encrypted by Pulumi, which only `pulumi up` can decrypt",
+            f"for local targets export it in the environment instead "
+            f"(see README, 'Passwords'), or remove it to let poolkit generate one",
+        )])  # fmt: skip
+    return password_from_env(key) or value
+
+
+def resolve(stack: StackConfig, superuser: str, previous: Secrets | None = None) -> Secrets:
+    """Credentials for ``stack``: given passwords win, then the previous ones, then new ones."""
+    db = stack.database
+    return Secrets(
+        superuser=_credential(superuser, None, previous and previous.superuser),
+        migrator=_credential(
+            db.migrator_user, _given_password(stack, "migrator_password"),
+            previous and previous.migrator,
+        ),
+        app=_credential(db.app_user, _given_password(stack, "app_password"), previous and previous.app),
+        pgbouncer_admin=_credential(ADMIN_USER, None, previous and previous.pgbouncer_admin),
+        pgbouncer_stats=_credential(STATS_USER, None, previous and previous.pgbouncer_stats),
+    )  # fmt: skip
+
+
+def save(path: Path, secrets: Secrets) -> None:
+    """Write ``secrets`` as JSON readable by the owner only (0600 from the first byte)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        json.dump({f.name: asdict(getattr(secrets, f.name)) for f in fields(Secrets)}, handle,
+                  indent=2)  # fmt: skip
+    os.chmod(path, 0o600)
+
+
+def load(path: Path) -> Secrets | None:
+    """The secrets saved at ``path``, or None when there are none yet."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return Secrets(**{name: Credential(**value) for name, value in data.items()})

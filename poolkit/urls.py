@@ -1,0 +1,42 @@
+"""Connection URLs with every part percent-encoded, so any password round-trips through libpq."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import quote, urlencode
+
+
+def postgres_url(
+    user: str,
+    password: str,
+    host: str,
+    port: int,
+    dbname: str,
+    params: Mapping[str, str | int] | None = None,
+) -> str:
+    """Build ``postgresql://user:password@host:port/dbname?params``."""
+    netloc_host = f"[{host}]" if ":" in host else host
+    url = (
+        f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
+        f"@{netloc_host}:{port}/{quote(dbname, safe='')}"
+    )
+    if params:
+        url += "?" + urlencode(params, quote_via=quote, safe="")
+    return url
+
+
+def prisma_params(connection_limit: int, pool_timeout: int) -> dict[str, str | int]:
+    """Query parameters Prisma's engine (Prisma <= 6, no driver adapter) reads from the URL.
+
+    libpq rejects them as unknown URI parameters, so they only go on ``DATABASE_URL``.
+    """
+    return {"pgbouncer": "true", "connection_limit": connection_limit, "pool_timeout": pool_timeout}
+
+
+_PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
+
+
+def mask(text: str) -> str:
+    """Replace every password inside connection URLs in ``text`` with ``***``."""
+    return _PASSWORD_IN_URL.sub(r"\1***@", text)
