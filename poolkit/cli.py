@@ -63,7 +63,17 @@ def stack_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def load_stack_option(stack_name: str | None, stack_file: Path | None) -> StackConfig:
     if bool(stack_name) == bool(stack_file):
         raise BadInput("give exactly one of --stack NAME or --stack-file PATH")
-    path = stack_file or stack_path(project_root(), stack_name or "")
+    if stack_name:
+        root = project_root()
+        path = stack_path(root, stack_name)
+        if not path.is_file():
+            known = sorted(p.name.split(".")[1] for p in root.glob("Pulumi.*.yaml"))
+            raise BadInput(
+                f"--stack {stack_name}: {path.name} does not exist in {root}. "
+                f"Fix: use one of {', '.join(known) or 'no stacks yet'}, or create {path.name}"
+            )
+    else:
+        path = stack_file  # type: ignore[assignment]
     try:
         return load_stack(path, stack_name)
     except ConfigError as error:

@@ -28,7 +28,10 @@ PGBOUNCER_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
 RESERVED_ROLES = frozenset({"postgres", "pgbouncer", "pgbouncer_admin", "pgbouncer_stats"})
 RESERVED_DATABASES = frozenset({"postgres", "pgbouncer", "template0", "template1"})
 MIN_PGBOUNCER = (1, 17)
-PASSWORD_ENV = {"app_password": "POOLKIT_APP_PASSWORD", "migrator_password": "POOLKIT_MIGRATOR_PASSWORD"}
+PASSWORD_ENV = {
+    "app_password": "POOLKIT_APP_PASSWORD",
+    "migrator_password": "POOLKIT_MIGRATOR_PASSWORD",
+}
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,9 @@ APP_RULES: dict[str, Rule] = {
 APP_REQUIRED = ("name", "style")
 
 
+TYPE_NAMES: dict[Any, str] = {int: "a whole number", str: "text", bool: "true or false"}
+
+
 def _suggest(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
@@ -264,7 +270,8 @@ def _read_section(
         path = f"{where}.{key}"
         rule = rules.get(key)
         if rule is None:
-            problems.append(Problem(path, value, "is not a known key", _suggest(str(key), list(rules))))
+            hint = _suggest(str(key), list(rules))
+            problems.append(Problem(path, value, "is not a known key", hint))
             continue
         if value is None and rule.optional:
             continue
@@ -273,8 +280,8 @@ def _read_section(
             isinstance(value, bool) and rule.kind is not bool
         )
         if wrong_type:
-            expected = getattr(rule.kind, "__name__", "value")
-            problems.append(Problem(path, value, f"must be a {expected}", rule.fix))
+            expected = TYPE_NAMES.get(rule.kind, "value")
+            problems.append(Problem(path, value, f"must be {expected}", rule.fix))
             continue
         complaint = rule.check(value) if rule.check else None
         if complaint:
@@ -297,7 +304,7 @@ def _read_password(key: str, raw: Any, problems: list[Problem]) -> str | Encrypt
         problems.append(Problem(
             f"{NAMESPACE}:{key}", "***",
             "must be at least 12 characters with no control characters",
-            f"choose a longer password, or remove it and let poolkit generate one",
+            "choose a longer password, or remove it and let poolkit generate one",
         ))  # fmt: skip
         return None
     return raw
@@ -457,8 +464,10 @@ def load_stack(path: Path, stack: str | None = None) -> StackConfig:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError([Problem("--stack-file", where, "does not exist",
-                                   "create it, or pass --stack NAME for Pulumi.NAME.yaml")]) from None
+        raise ConfigError([Problem(
+            "--stack-file", where, "does not exist",
+            "create it, or pass --stack NAME for Pulumi.NAME.yaml in the project root",
+        )]) from None  # fmt: skip
     except yaml.YAMLError as error:
         raise ConfigError([Problem("--stack-file", where, f"is not valid YAML: {error}",
                                    "fix the YAML syntax")]) from None  # fmt: skip

@@ -68,8 +68,8 @@ def _given_password(stack: StackConfig, key: str) -> str | None:
         raise ConfigError([Problem(
             f"poolkit:{key}", "secure: …",
             "is encrypted by Pulumi, which only `pulumi up` can decrypt",
-            f"for local targets export it in the environment instead "
-            f"(see README, 'Passwords'), or remove it to let poolkit generate one",
+            "for local targets export it in the environment instead "
+            "(see README, 'Passwords'), or remove it to let poolkit generate one",
         )])  # fmt: skip
     return password_from_env(key) or value
 
@@ -83,7 +83,9 @@ def resolve(stack: StackConfig, superuser: str, previous: Secrets | None = None)
             db.migrator_user, _given_password(stack, "migrator_password"),
             previous and previous.migrator,
         ),
-        app=_credential(db.app_user, _given_password(stack, "app_password"), previous and previous.app),
+        app=_credential(
+            db.app_user, _given_password(stack, "app_password"), previous and previous.app
+        ),
         pgbouncer_admin=_credential(ADMIN_USER, None, previous and previous.pgbouncer_admin),
         pgbouncer_stats=_credential(STATS_USER, None, previous and previous.pgbouncer_stats),
     )  # fmt: skip

@@ -27,7 +27,7 @@ MIN_MAX_CLIENT_CONN = 100
 PREPARED_STATEMENTS_DEFAULT = 200
 PREPARED_STATEMENTS_SINCE = (1, 21)
 
-# Scale of Prisma's "physical CPUs × 2 + 1" pool per workload.
+# Scale of Prisma's "physical CPUs x 2 + 1" pool per workload.
 POOL_FACTOR = {"web": 1.0, "oltp": 1.5, "mixed": 1.0, "dw": 0.5, "desktop": 0.5}
 # pgtune's divisor of work_mem per workload (more concurrent sorts/hashes per query -> less each).
 WORK_MEM_DIVISOR = {"web": 1, "oltp": 1, "mixed": 2, "dw": 2, "desktop": 6}
@@ -142,7 +142,7 @@ def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, t
     pg, bouncer = stack.postgres, stack.pgbouncer
     ns = NAMESPACE
     pool = bouncer.default_pool_size or max(
-        2, round((pg.cpus * 2 + 1) * POOL_FACTOR[pg.workload])
+        2, math.ceil((pg.cpus * 2 + 1) * POOL_FACTOR[pg.workload])
     )
     reserve = (
         bouncer.reserve_pool_size
@@ -218,7 +218,7 @@ def _pgbouncer_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ..
                 "session mode: one server per client session (chosen in the stack file)"),
         Setting("default_pool_size", str(pool.pool_size),
                 f"{pg.cpus} CPUs x 2 + 1 (Prisma's pool guidance), x{POOL_FACTOR[pg.workload]} "
-                f"for a {pg.workload} workload"
+                f"for a {pg.workload} workload, rounded up, at least 2"
                 if not bouncer.default_pool_size else "set in the stack file"),
         Setting("reserve_pool_size", str(pool.reserve),
                 "a quarter of the pool, lent for short spikes after reserve_pool_timeout"
@@ -316,8 +316,8 @@ def _postgres_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...
         Setting("effective_io_concurrency", str(IO_CONCURRENCY[pg.storage]),
                 f"pgtune: concurrent I/O requests a {pg.storage} device serves well"),
         Setting("huge_pages", "try" if pg.memory_bytes >= 32 * GIB else "off",
-                "pgtune: huge pages pay off from 32GB of RAM"
-                if pg.memory_bytes >= 32 * GIB else "pgtune: below 32GB of RAM huge pages do not pay off"),
+                "pgtune: huge pages pay off from 32GB of RAM" if pg.memory_bytes >= 32 * GIB
+                else "pgtune: below 32GB of RAM huge pages do not pay off"),
         Setting("jit", "off" if pg.workload in ("web", "oltp") else "on",
                 "JIT compile time exceeds the run time of short queries"
                 if pg.workload in ("web", "oltp") else "long analytical queries gain from JIT"),

@@ -1,0 +1,103 @@
+"""``poolkit plan`` and ``poolkit render`` invoked in-process: exit codes, output, files."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from poolkit.cli import main
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("POOLKIT_APP_PASSWORD", raising=False)
+    monkeypatch.delenv("POOLKIT_MIGRATOR_PASSWORD", raising=False)
+    return CliRunner()
+
+
+def test_plan_json_has_the_documented_shape(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["plan", "--stack", "dev", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"postgres", "pgbouncer", "apps", "why"}
+    assert data["postgres"]["settings"]["shared_buffers"] == "256MB"
+    assert data["pgbouncer"]["settings"]["pool_mode"] == "transaction"
+    assert data["apps"]["orders"]["connection_limit"] == 1
+    assert data["why"]["postgres.work_mem"].startswith("pgtune:")
+
+
+def test_plan_text_explains_each_number(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["plan", "--stack", "prod"])
+    assert result.exit_code == 0
+    assert "default_pool_size = 26" in result.output
+    assert "Prisma's pool guidance" in result.output
+
+
+def test_render_writes_every_file_with_private_modes(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "rendered"
+    result = runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"postgresql.conf", "pg_hba.conf", "pgbouncer.ini", "userlist.txt",
+                     "init.sql", ".env", "secrets.json"}  # fmt: skip
+    for name in ("userlist.txt", "init.sql", ".env", "secrets.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
+    assert "password" not in result.output.lower()
+
+
+def test_render_twice_is_byte_stable(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_password_from_environment_is_used_not_printed(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POOLKIT_APP_PASSWORD", "from-the-env-1234")
+    result = runner.invoke(main, ["render", "--stack", "dev", "--out", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "from-the-env-1234" in (tmp_path / ".env").read_text()
+    assert "from-the-env-1234" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["plan"], "exactly one of --stack NAME or --stack-file PATH"),
+        (["plan", "--stack", "dev", "--stack-file", "x.yaml"], "exactly one of"),
+        (["plan", "--stack", "nosuch"], "Pulumi.nosuch.yaml does not exist"),
+        (["plan", "--stack-file", "nosuch.yaml"], "--stack-file: does not exist"),
+        (["plan", "--stack-file", "README.md"], "config"),
+        (["render", "--stack", "dev"], "Missing option '--out'"),
+        (["plan", "--stack", "dev", "--bogus"], "No such option '--bogus'"),
+    ],
+)
+def test_bad_invocations_exit_2_naming_the_argument(runner, args, message) -> None:
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_invalid_stack_file_lists_every_problem_and_exits_2(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    bad = tmp_path / "Pulumi.bad.yaml"
+    bad.write_text("config:\n  poolkit:postgres:\n    cpus: 0\n    memroy: 1GiB\n")
+    result = runner.invoke(main, ["plan", "--stack-file", str(bad)])
+    assert result.exit_code == 2
+    assert "2 problems" in result.output
+    assert "poolkit:postgres.cpus" in result.output
+    assert "did you mean 'memory'" in result.output
+    assert not (tmp_path / "rendered").exists()

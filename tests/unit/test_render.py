@@ -1,0 +1,147 @@
+"""Rendered files: the plan's numbers with their reasons, security defaults, stability, escaping."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from poolkit.envfile import parse_env
+from poolkit.layouts import docker_layout
+from poolkit.render import RenderError, render_all, render_pg_hba, render_postgresql_conf
+from poolkit.sizing import plan
+from tests.unit.factories import secrets, stack
+
+pytestmark = pytest.mark.unit
+
+APPS = [
+    {"name": "orders", "style": "lambda", "instances": 4},
+    {"name": "batch", "style": "workers", "instances": 2, "connection_limit": 2},
+]
+
+
+def _files(pgbouncer_version: str = "1.24", **sections) -> dict[str, str]:
+    config = stack(pgbouncer={"version": pgbouncer_version, "port": 16432},
+                   postgres={"port": 15432, "publish": True}, **sections)  # fmt: skip
+    return render_all(config, plan(config), secrets(), docker_layout(config))
+
+
+def _setting_lines(text: str, comment: str) -> dict[str, str]:
+    lines = [line for line in text.splitlines() if line and not line.startswith(comment)]
+    pairs = [line.split("=", 1) for line in lines if "=" in line and not line.startswith("[")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_every_sized_setting_is_rendered_once_with_its_reason_above() -> None:
+    config = stack(postgres={"cpus": 4, "memory": "8GiB"})
+    result = plan(config)
+    text = render_postgresql_conf(config, result, docker_layout(config))
+    lines = text.splitlines()
+    for setting in result.postgres:
+        matches = [i for i, line in enumerate(lines) if line.startswith(f"{setting.name} = ")]
+        assert len(matches) == 1, setting.name
+        assert lines[matches[0]] == f"{setting.name} = '{setting.value}'"
+        assert lines[matches[0] - 1] == f"# {setting.why}"
+
+
+def test_postgresql_conf_forces_scram_and_names_its_files() -> None:
+    conf = _setting_lines(_files()["postgresql.conf"], "#")
+    assert conf["password_encryption"] == "'scram-sha-256'"
+    assert conf["hba_file"] == "'/etc/poolkit/pg_hba.conf'"
+    assert conf["data_directory"] == "'/var/lib/postgresql/data'"
+
+
+def test_pg_hba_is_scram_only_and_names_only_our_roles() -> None:
+    hba = _files()["pg_hba.conf"]
+    rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
+    assert {rule[-1] for rule in rules} == {"scram-sha-256"}
+    assert not re.search(r"\b(trust|md5|password|ident)\s*$", hba, re.MULTILINE)
+    assert [(r[1], r[2]) for r in rules if r[0] == "host"] == [('"app"', '"migrator"'),
+                                                               ('"app"', '"app"')]
+
+
+def test_pg_hba_for_local_target_allows_loopback_only() -> None:
+    from pathlib import Path
+
+    from poolkit.layouts import local_layout
+
+    config = stack()
+    hba = render_pg_hba(config, local_layout(config, Path("/tmp/state"), "postgres"))
+    addresses = {line.split()[3] for line in hba.splitlines() if line.startswith("host")}
+    assert addresses == {"127.0.0.1/32"}
+
+
+def test_pgbouncer_ini_transaction_mode_and_console_users() -> None:
+    ini = _setting_lines(_files()["pgbouncer.ini"], ";")
+    assert ini["pool_mode"] == "transaction"
+    assert ini["auth_type"] == "scram-sha-256"
+    assert ini["admin_users"] == "pgbouncer_admin" and ini["stats_users"] == "pgbouncer_stats"
+    assert ini["app"] == "host=postgres port=5432 dbname=app"
+    assert ini["max_prepared_statements"] == "200"
+
+
+def test_pgbouncer_ini_for_1_18_omits_parameters_it_rejects() -> None:
+    ini = _files("1.18")["pgbouncer.ini"]
+    assert "max_prepared_statements" not in ini
+    env = parse_env(_files("1.18")[".env"])
+    assert env["PGBOUNCER_PREPARED_STATEMENTS"] == "off"
+    assert "prepare_threshold=None" in _files("1.18")[".env"]
+
+
+def test_userlist_and_init_sql_hold_verifiers_never_passwords() -> None:
+    files = _files()
+    creds = secrets()
+    for name in ("userlist.txt", "init.sql"):
+        assert creds.app.password not in files[name]
+        assert creds.migrator.password not in files[name]
+    assert f'"app" "{creds.app.verifier}"' in files["userlist.txt"].splitlines()
+    assert f"PASSWORD '{creds.migrator.verifier}'" in files["init.sql"]
+    assert "migrator" not in files["userlist.txt"], "the owner role must not go through PgBouncer"
+
+
+def test_env_urls_point_at_the_right_ports_and_users() -> None:
+    env = parse_env(_files(apps=[APPS[0]])[".env"])
+    assert env["DATABASE_URL"].startswith("postgresql://app:")
+    assert "@127.0.0.1:16432/app?pgbouncer=true&connection_limit=1&pool_timeout=10" in env[
+        "DATABASE_URL"]
+    assert env["POOLED_DATABASE_URL"].endswith("@127.0.0.1:16432/app")
+    assert env["DIRECT_URL"].startswith("postgresql://migrator:")
+    assert env["DIRECT_URL"].endswith("@127.0.0.1:15432/app")
+    assert env["PGBOUNCER_STATS_URL"].endswith("@127.0.0.1:16432/pgbouncer")
+    assert env["POOL_CONNECTION_LIMIT"] == "1"
+
+
+def test_per_app_env_files_when_connection_limits_differ() -> None:
+    files = _files(apps=APPS)
+    assert {".env", ".env.orders", ".env.batch"} <= set(files)
+    assert parse_env(files[".env.batch"])["POOL_CONNECTION_LIMIT"] == "2"
+    assert "connection_limit=2" in parse_env(files[".env.batch"])["DATABASE_URL"]
+    assert parse_env(files[".env"])["POOL_CONNECTION_LIMIT"] == "1"
+
+
+def test_unpublished_postgres_gives_in_network_direct_url() -> None:
+    config = stack()
+    env = parse_env(render_all(config, plan(config), secrets(), docker_layout(config))[".env"])
+    assert env["DIRECT_URL"].endswith("@postgres:5432/app")
+
+
+def test_rendering_is_byte_stable() -> None:
+    assert _files(apps=APPS) == _files(apps=APPS)
+
+
+def test_awkward_password_stays_on_one_line_everywhere() -> None:
+    awkward = "p@ss:w/rd%?#&=+ '\"\\ ünï\u00a0code;"
+    config = stack()
+    files = render_all(config, plan(config), secrets(app_password=awkward), docker_layout(config))
+    env_lines = [line for line in files[".env"].splitlines() if "=" in line and line[0] != "#"]
+    assert len(env_lines) == 6
+    assert all(awkward not in text for text in files.values())
+
+
+def test_value_with_newline_cannot_enter_a_config_file() -> None:
+    from dataclasses import replace
+
+    config = stack()
+    layout = replace(docker_layout(config), postgres_host="postgres\nauth_type = trust")
+    with pytest.raises(RenderError):
+        render_all(config, plan(config), secrets(), layout)
