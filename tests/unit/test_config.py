@@ -182,15 +182,16 @@ JSONISH = st.recursive(
     max_leaves=12,
 )  # fmt: skip
 KEYS = st.sampled_from(["poolkit:postgres", "poolkit:pgbouncer", "poolkit:database",
-                        "poolkit:apps", "poolkit:app_password", "postgres", "poolkit:x"])  # fmt: skip
+                        "poolkit:apps", "poolkit:app_password", "postgres",
+                        "poolkit:x"])  # fmt: skip
 SECTION_KEYS = st.sampled_from(["memory", "cpus", "version", "port", "name", "style", "instances",
                                 "pool_mode", "max_connections", "app_user", "zzz"])  # fmt: skip
 
 
-@settings(max_examples=300, deadline=None)
 SECTION = st.dictionaries(SECTION_KEYS, JSONISH, max_size=5)
 
 
+@settings(max_examples=300, deadline=None)
 @given(st.dictionaries(KEYS, JSONISH | SECTION | st.lists(SECTION, max_size=3), max_size=4))
 def test_validation_never_crashes(raw) -> None:
     """Any YAML-shaped input either validates and plans, or raises ConfigError: no traceback."""
