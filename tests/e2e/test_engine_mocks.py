@@ -1,0 +1,200 @@
+"""DockerEngineMocks applies a small Pulumi program to the real Docker engine.
+
+Needs a running engine and the base image (scripts/docker-engine start;
+scripts/offline-base-image). Without them these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pulumi
+import pulumi_docker as pd
+import pytest
+
+from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup, engine_client
+
+pytestmark = pytest.mark.e2e
+
+BASE_IMAGE = "debian:trixie-slim"
+PROBE_UID = "999"
+# A one-line TCP server from perl-base (in every Debian image): greets with an env var.
+SERVER = (
+    "my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => 8080, Listen => 5,"
+    " ReuseAddr => 1) or die $!; while (my $c = $s->accept) { print $c \"$ENV{GREETING}\\n\";"
+    " close $c }"
+)
+DOCKERFILE = f"""FROM {BASE_IMAGE}
+ARG FLAVOUR=unset
+RUN useradd --system --uid {PROBE_UID} --user-group probe && echo "$FLAVOUR" > /flavour
+"""
+
+
+@pytest.fixture(scope="module")
+def client() -> docker.DockerClient:
+    """The engine client; a missing engine or base image fails the tests (outside `except`,
+    so the message is not buried under the chained connection errors)."""
+    problem = ""
+    try:
+        client = engine_client()
+        client.images.get(BASE_IMAGE)
+    except RuntimeError as exc:
+        problem = str(exc)
+    except docker.errors.ImageNotFound:
+        problem = f"{BASE_IMAGE} missing: run scripts/offline-base-image"
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_program(mocks: DockerEngineMocks, program: Any) -> dict[str, Any]:
+    """Run `program()` (which returns an Output of a dict) under the mocks; return its value."""
+    pulumi.runtime.set_mocks(mocks, project="poolkit-e2e", stack="engine-mocks", preview=False)
+    result: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def apply() -> pulumi.Output:
+        return program().apply(result.update)
+
+    apply()
+    return result
+
+
+def probe_program(context: Path, port: int, run_id: str) -> pulumi.Output:
+    network = pd.Network("net", labels=[pd.NetworkLabelArgs(label="poolkit.role", value="test")])
+    volume = pd.Volume("data")
+    image = pd.Image(
+        "probe-image",
+        image_name=f"poolkit-e2e-probe:{run_id}",
+        build=pd.DockerBuildArgs(context=str(context), args={"FLAVOUR": "built-with-arg"}),
+        skip_push=True,
+    )
+    container = pd.Container(
+        "probe",
+        image=image.repo_digest,
+        command=["perl", "-MIO::Socket::INET", "-e", SERVER],
+        envs=["GREETING=hello from the probe"],
+        user=f"{PROBE_UID}:{PROBE_UID}",
+        networks_advanced=[pd.ContainerNetworksAdvancedArgs(name=network.name, aliases=["probe"])],
+        volumes=[pd.ContainerVolumeArgs(volume_name=volume.name, container_path="/data")],
+        uploads=[pd.ContainerUploadArgs(
+            file="/etc/probe/secret.conf", content=pulumi.Output.secret("token=s3cret\n"),
+            permissions="0600", owner=PROBE_UID, group=PROBE_UID)],
+        healthcheck=pd.ContainerHealthcheckArgs(
+            tests=["CMD", "test", "-s", "/etc/probe/secret.conf"],
+            interval="1s", timeout="2s", retries=5, start_period="1s"),
+        ports=[pd.ContainerPortArgs(internal=8080, external=port, ip="127.0.0.1")],
+        labels=[pd.ContainerLabelArgs(label="poolkit.role", value="probe")],
+        restart="no",
+        wait=True,
+        wait_timeout=60,
+        must_run=True,
+    )
+    return pulumi.Output.all(
+        container=container.id, container_name=container.name, network=network.name,
+        volume=volume.name, repo_digest=image.repo_digest)
+
+
+@pytest.fixture(scope="module")
+def applied(client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        tuple[dict[str, Any], int, str]]:
+    context = tmp_path_factory.mktemp("probe-image")
+    (context / "Dockerfile").write_text(DOCKERFILE)
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    mocks = DockerEngineMocks(run_id, client)
+    try:
+        yield run_program(mocks, lambda: probe_program(context, port, run_id)), port, run_id
+    finally:
+        cleanup(run_id, client, images=True)
+
+
+def test_upload_is_in_place_with_mode_and_owner(client, applied) -> None:
+    outputs, _, _ = applied
+    container = client.containers.get(outputs["container"])
+    result = container.exec_run(["stat", "-c", "%a %u:%g", "/etc/probe/secret.conf"])
+    assert result.output.decode().strip() == "600 999:999"
+    assert container.exec_run(["cat", "/etc/probe/secret.conf"]).output == b"token=s3cret\n"
+
+
+def test_port_is_published_on_loopback_and_answers(client, applied) -> None:
+    outputs, port, _ = applied
+    container = client.containers.get(outputs["container"])
+    bindings = container.attrs["HostConfig"]["PortBindings"]["8080/tcp"]
+    assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        assert sock.makefile().readline() == "hello from the probe\n"
+
+
+def test_container_is_healthy_and_runs_as_given_user(client, applied) -> None:
+    outputs, _, _ = applied
+    container = client.containers.get(outputs["container"])
+    assert container.attrs["State"]["Health"]["Status"] == "healthy"
+    assert container.attrs["Config"]["User"] == "999:999"
+    assert container.exec_run(["id", "-u"]).output == b"999\n"
+    assert container.exec_run(["cat", "/flavour"]).output == b"built-with-arg\n"
+
+
+def test_network_alias_volume_and_labels(client, applied) -> None:
+    outputs, _, run_id = applied
+    container = client.containers.get(outputs["container"])
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    assert list(networks) == [outputs["network"]]
+    assert "probe" in networks[outputs["network"]]["Aliases"]
+    mounts = [(m["Name"], m["Destination"], m["RW"]) for m in container.attrs["Mounts"]]
+    assert mounts == [(outputs["volume"], "/data", True)]
+    assert container.labels == {"poolkit.role": "probe", RUN_LABEL: run_id}
+    assert client.networks.get(outputs["network"]).attrs["Labels"] == {
+        "poolkit.role": "test", RUN_LABEL: run_id}
+    assert client.volumes.get(outputs["volume"]).attrs["Labels"] == {RUN_LABEL: run_id}
+
+
+def test_repo_digest_is_the_built_image_id(client, applied) -> None:
+    outputs, _, run_id = applied
+    image = client.images.get(f"poolkit-e2e-probe:{run_id}")
+    assert outputs["repo_digest"] == image.id
+    assert client.containers.get(outputs["container"]).image.id == image.id
+
+
+def test_unemulated_input_fails_loudly(client) -> None:
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    mocks = DockerEngineMocks(run_id, client)
+
+    def program() -> pulumi.Output:
+        vol = pd.Volume("v", driver="local", driver_opts={"type": "tmpfs", "device": "tmpfs"})
+        return pulumi.Output.all(vol.name)
+
+    try:
+        with pytest.raises(Exception, match="not emulated: docker:index/volume:Volume 'v'"):
+            run_program(mocks, program)
+        assert client.volumes.list(filters={"label": f"{RUN_LABEL}={run_id}"}) == []
+    finally:
+        cleanup(run_id, client)
+
+
+def test_cleanup_removes_everything_it_created(client, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    try:
+        outputs = run_program(DockerEngineMocks(run_id, client),
+                              lambda: probe_program(tmp_path, port, run_id))
+        assert client.containers.get(outputs["container"]).status == "running"
+    finally:
+        cleanup(run_id, client, images=True)
+    selector = {"label": f"{RUN_LABEL}={run_id}"}
+    assert client.containers.list(all=True, filters=selector) == []
+    assert client.networks.list(filters=selector) == []
+    assert client.volumes.list(filters=selector) == []
+    assert client.images.list(filters=selector) == []
