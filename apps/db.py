@@ -61,12 +61,14 @@ class Settings:
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     """Read and check the app's database settings from ``environ``."""
     url = _require(environ, "POOLED_DATABASE_URL")
-    prisma_keys = sorted(_PRISMA_ONLY_PARAMS & {k for k, _ in parse_qsl(urlsplit(url).query)})
+    prisma_keys = sorted(_PRISMA_ONLY_PARAMS & {k for k, _ in parse_qsl(url.partition("?")[2])})
     if prisma_keys:
         raise SettingsError(
             f"POOLED_DATABASE_URL carries Prisma-only parameters ({', '.join(prisma_keys)}), "
             "which libpq rejects: use the libpq-clean POOLED_DATABASE_URL, not DATABASE_URL"
         )
+    _check_url(environ, "POOLED_DATABASE_URL")
+    _check_url(environ, "DIRECT_URL")
     raw_limit = _require(environ, "POOL_CONNECTION_LIMIT")
     if not raw_limit.isdigit() or int(raw_limit) < 1:
         raise SettingsError(f"POOL_CONNECTION_LIMIT={raw_limit!r}: use a whole number >= 1")
@@ -86,6 +88,17 @@ def _require(environ: Mapping[str, str], name: str) -> str:
     if not value:
         raise SettingsError(f"{name} is not set: take it from the .env file poolkit generated")
     return value
+
+
+def _check_url(environ: Mapping[str, str], name: str) -> None:
+    """libpq's own parse, so a malformed URL fails at startup, with the password redacted."""
+    if not environ.get(name):
+        return
+    try:
+        conninfo_to_dict(environ[name])
+    except psycopg.ProgrammingError as exc:
+        problem = describe_error(exc, environ)
+        raise SettingsError(f"{name} is not a valid libpq URL: {problem}") from None
 
 
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
@@ -189,9 +202,9 @@ def _url_password(url: str) -> str | None:
         return None
 
 
-def describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException, environ: Mapping[str, str] = os.environ) -> str:
     """One log-safe line about a database error: class, SQLSTATE, redacted first line."""
     sqlstate = getattr(exc, "sqlstate", None)
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     state = f" [{sqlstate}]" if sqlstate else ""
-    return f"{type(exc).__name__}{state}: {redact(first_line)}"
+    return f"{type(exc).__name__}{state}: {redact(first_line, environ)}"

@@ -29,6 +29,7 @@ from apps import db
 STYLES = ("lambda", "workers")
 MAX_BODY_BYTES = 64 * 1024
 READ_TIMEOUT_S = 10
+SHUTDOWN_POLL_S = 0.1  # how soon serve_forever() notices a shutdown request
 
 log = logging.getLogger("apps.http")
 
@@ -38,6 +39,7 @@ class AppServer(ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
+    request_queue_size = 128  # socketserver's default listen backlog of 5 resets request bursts
 
     def __init__(self, address: tuple[str, int], app: ModuleType) -> None:
         super().__init__(address, RequestHandler)
@@ -152,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              args.style, args.host, server.server_port, settings.connection_limit,
              "on" if settings.prepared_statements else "off")
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=SHUTDOWN_POLL_S)
     finally:
         server.server_close()
         app.close()

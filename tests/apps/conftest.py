@@ -3,14 +3,11 @@
 Self-contained on purpose: it stands in for the project's local runner until that exists,
 and will be replaced by the runner's fixture. Servers run as the ``postgres`` OS user
 (``runuser -u postgres --``) in a temp dir on free 127.0.0.1 ports; passwords reach them
-as SCRAM verifiers only (computed here with hashlib), never in argv or plaintext files.
+as SCRAM verifiers only (``poolkit.scram``), never in argv or plaintext files.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -25,12 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from poolkit import scram
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
@@ -38,20 +37,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DBNAME = "appdb"
 APP_USER, MIGRATOR, STATS_USER = "app", "migrator", "pgb_stats"
 POOL_SIZE = 4
-SCRAM_ITERATIONS = 4096
-
-
-def scram_verifier(password: str, salt: bytes, iterations: int = SCRAM_ITERATIONS) -> str:
-    """The SCRAM-SHA-256 verifier Postgres stores (RFC 5802/7677); ASCII passwords only."""
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-
-    def b64(raw: bytes) -> str:
-        return base64.b64encode(raw).decode()
-
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 def new_password() -> str:
@@ -79,7 +64,8 @@ def wait_for_port(port: int, timeout: float, alive: Callable[[], bool] = lambda:
 
 
 def url(user: str, password: str, port: int, dbname: str) -> str:
-    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}/{dbname}"
+    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return f"postgresql://{credentials}@127.0.0.1:{port}/{dbname}"
 
 
 def as_postgres(*argv: str | Path, cwd: Path) -> None:
@@ -106,12 +92,9 @@ class PgBouncer:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = (self.root / "pgbouncer.out").open("ab")
-        with log:
-            self.proc = subprocess.Popen(
-                ["runuser", "-u", "postgres", "--", str(PGBOUNCER), str(self.root / "pgbouncer.ini")],
-                cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-            )
+        with (self.root / "pgbouncer.out").open("ab") as log:
+            argv = ["runuser", "-u", "postgres", "--", str(PGBOUNCER), "pgbouncer.ini"]
+            self.proc = subprocess.Popen(argv, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 10, lambda: self.proc is not None and self.proc.poll() is None)
 
     def stop(self) -> None:
@@ -132,10 +115,17 @@ class Cluster:
     pg_port: int
     bouncer: PgBouncer
     passwords: dict[str, str] = field(repr=False)
+    app_user: ClassVar[str] = APP_USER
+    migrator: ClassVar[str] = MIGRATOR
+    pool_size: ClassVar[int] = POOL_SIZE
 
     @property
     def pooled_url(self) -> str:
-        return url(APP_USER, self.passwords[APP_USER], self.bouncer.port, DBNAME)
+        return self.pooled_url_with(self.passwords[APP_USER])
+
+    def pooled_url_with(self, password: str) -> str:
+        """The app's pooled URL with another password (for failure tests)."""
+        return url(APP_USER, password, self.bouncer.port, DBNAME)
 
     @property
     def direct_url(self) -> str:
@@ -234,7 +224,7 @@ def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="poolkit-apps-"))
     shutil.chown(root, "postgres", "postgres")
     passwords = {u: new_password() for u in ("postgres", APP_USER, MIGRATOR, STATS_USER)}
-    verifiers = {u: scram_verifier(p, os.urandom(16)) for u, p in passwords.items()}
+    verifiers = {u: scram.verifier(p, os.urandom(scram.SALT_BYTES)) for u, p in passwords.items()}
     pg_port, bouncer_port = free_port(), free_port()
     bouncer = PgBouncer(root, bouncer_port)
     cluster = Cluster(root, pg_port, bouncer, passwords)

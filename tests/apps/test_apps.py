@@ -1,0 +1,256 @@
+"""The sample apps against real Postgres 15 + PgBouncer 1.18 (transaction mode, SCRAM)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from apps import db
+
+pytestmark = pytest.mark.integration
+
+STYLES = ("lambda", "workers")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for_app_clients(cluster: Any, count: int, timeout: float = 3.0) -> list[Any]:
+    """PgBouncer handles a client's Terminate asynchronously: poll briefly for ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        clients = cluster.app_clients()
+        if len(clients) == count or time.monotonic() > deadline:
+            return clients
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_style_creates_and_lists_items_through_pgbouncer(start_app, style: str) -> None:
+    app = start_app(style)
+    name = unique(style)
+
+    assert app.request("GET", "/healthz") == (200, {"ok": True, "db": 1})
+    status, created = app.request("POST", "/items", {"name": name})
+    assert status == 201, created
+    assert created["item"]["name"] == name
+    status, listed = app.request("GET", "/items")
+    assert status == 200
+    assert listed["items"][0] == created["item"]
+    assert len(listed["items"]) <= db.ITEMS_PAGE
+
+
+def test_migration_runs_over_direct_url_as_the_owner(cluster, start_app) -> None:
+    start_app("workers")
+    with psycopg.connect(cluster.superuser_url) as conn:
+        owner = conn.execute(
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'items'"
+        ).fetchone()
+        app_can = conn.execute(
+            "SELECT has_table_privilege(%s, 'items', 'INSERT'),"
+            " has_table_privilege(%s, 'items', 'DELETE')", (cluster.app_user, cluster.app_user)
+        ).fetchone()
+    assert owner == (cluster.migrator,)
+    assert app_can == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/items", b"{not json", 400),
+        ("POST", "/items", {"title": "x"}, 400),
+        ("POST", "/items", {"name": ""}, 400),
+        ("POST", "/items", {"name": "x" * 201}, 400),
+        ("POST", "/items", b"\xff\xfe", 400),
+        ("GET", "/nowhere", None, 404),
+        ("DELETE", "/items", None, 405),
+    ],
+    ids=["bad-json", "no-name", "empty-name", "long-name", "not-utf8", "unknown-path", "method"],
+)
+def test_bad_requests_get_client_errors(
+    start_app, method: str, path: str, body: Any, status: int
+) -> None:
+    app = start_app("lambda", migrate=False)
+    got, payload = app.request(method, path, body)
+    assert got == status
+    assert set(payload) == {"error"}
+
+
+def test_lambda_style_keeps_one_client_connection_across_20_requests(
+    cluster, start_app
+) -> None:
+    app = start_app("lambda")
+    seen = set()
+    for i in range(20):
+        method, body = ("POST", {"name": unique("warm")}) if i % 2 else ("GET", None)
+        status, _ = app.request(method, "/items", body)
+        assert status in (200, 201)
+        clients = cluster.app_clients()
+        assert len(clients) == 1, clients
+        seen.add((clients[0]["addr"], clients[0]["port"], clients[0]["connect_time"]))
+    assert len(seen) == 1, f"the kept connection changed: {seen}"
+
+
+def test_workers_style_has_no_client_connection_between_requests(
+    cluster, start_app
+) -> None:
+    app = start_app("workers", limit=5)
+    for i in range(10):
+        method, body = ("POST", {"name": unique("fresh")}) if i % 2 else ("GET", None)
+        status, _ = app.request(method, "/items", body)
+        assert status in (200, 201)
+        assert wait_for_app_clients(cluster, 0) == []
+
+
+@pytest.mark.parametrize(("style", "limit"), [("lambda", 1), ("workers", 10)])
+def test_50_concurrent_requests_all_succeed_with_prepared_statements_off(
+    cluster, start_app, style: str, limit: int
+) -> None:
+    app = start_app(style, limit=limit)
+    names = [unique(f"burst-{style}") for _ in range(50)]
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(lambda n: app.request("POST", "/items", {"name": n}), names))
+
+    assert [status for status, _ in results] == [201] * 50
+    assert [body["item"]["name"] for _, body in results] == names  # nobody got another's row
+    assert len({body["item"]["id"] for _, body in results}) == 50
+    expected_clients = 1 if style == "lambda" else 0
+    assert len(wait_for_app_clients(cluster, expected_clients)) == expected_clients
+
+
+def _mixed_clients(settings: db.Settings, clients: int, rounds: int) -> tuple[int, int]:
+    """Clients each on their own pooled connection, one transaction per query; (errors, wrong)."""
+    errors = wrong = 0
+
+    def client(k: int) -> tuple[int, int]:
+        bad = mismatched = 0
+        with db.connect(settings) as conn:
+            for i in range(rounds):
+                n = k * 1000 + i
+                try:
+                    row = db.in_transaction(
+                        conn, lambda c, n=n: c.execute("SELECT %s::int + 7", (n,)).fetchone()
+                    )
+                    mismatched += row != (n + 7,)
+                except psycopg.Error:
+                    bad += 1
+        return bad, mismatched
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        for bad, mismatched in pool.map(client, range(clients)):
+            errors += bad
+            wrong += mismatched
+    return errors, wrong
+
+
+@pytest.mark.parametrize("prepared", ["on", "off"])
+def test_prepared_statement_setting_decides_safety_on_pgbouncer_118(
+    cluster, prepared: str
+) -> None:
+    """The hazard is real, not assumed: psycopg's default prepares break on 1.18; off fixes it."""
+    settings = db.load_settings(cluster.app_env(limit=1, prepared=prepared))
+    errors, wrong = _mixed_clients(settings, clients=cluster.pool_size * 2, rounds=20)
+    if prepared == "on":
+        assert errors + wrong > 0, "expected _pg3_N prepared-statement failures on PgBouncer 1.18"
+    else:
+        assert (errors, wrong) == (0, 0)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_app_recovers_after_pgbouncer_restart(
+    cluster, start_app, style: str
+) -> None:
+    app = start_app(style)
+    assert app.request("GET", "/healthz")[0] == 200
+    before = cluster.app_clients()
+
+    cluster.bouncer.stop()
+    try:
+        status, body = app.request("GET", "/items")
+        assert (status, body) == (503, {"error": "database unavailable"})
+    finally:
+        cluster.bouncer.start()
+
+    status, body = app.request("POST", "/items", {"name": unique("after-restart")})
+    assert status == 201, body
+    if style == "lambda":
+        after = cluster.app_clients()
+        assert len(before) == len(after) == 1
+        assert after[0]["connect_time"] != before[0]["connect_time"] or (
+            after[0]["port"] != before[0]["port"]
+        )
+        assert "reconnecting" in app.log()
+
+
+def test_errors_carry_no_password_or_url(cluster, start_app) -> None:
+    wrong_password = "wrong@:/%?#" + uuid.uuid4().hex
+    bad_url = cluster.pooled_url_with(wrong_password)
+    app = start_app("workers", migrate=False, env={"POOLED_DATABASE_URL": bad_url})
+    lambda_app = start_app("lambda", migrate=False)
+
+    responses = [app.request("GET", "/items"), app.request("POST", "/items", {"name": "x"})]
+    cluster.bouncer.stop()
+    try:
+        responses.append(lambda_app.request("GET", "/healthz"))
+    finally:
+        cluster.bouncer.start()
+
+    assert [status for status, _ in responses] == [503, 503, 503]
+    passwords = [wrong_password, *cluster.passwords.values()]
+    secrets = [*passwords, *(quote(p, safe="") for p in passwords),
+               bad_url, cluster.pooled_url, cluster.direct_url, "postgresql://"]
+    text = repr(responses) + app.log() + lambda_app.log()
+    for secret in secrets:
+        assert secret not in text
+    assert "authentication failed" in app.log()  # the cause is still logged
+
+
+def test_sigterm_stops_the_adapter_and_closes_its_connection(
+    cluster, start_app
+) -> None:
+    app = start_app("lambda")
+    assert app.request("GET", "/healthz")[0] == 200
+    assert len(cluster.app_clients()) == 1
+
+    assert app.stop() == 0
+    assert "stopped" in app.log()
+    assert wait_for_app_clients(cluster, 0) == []
+
+
+def test_missing_setting_is_named(cluster, start_app) -> None:
+    with pytest.raises(RuntimeError, match="exited") as failure:
+        start_app("workers", env={"POOL_CONNECTION_LIMIT": ""})
+    assert "POOL_CONNECTION_LIMIT is not set" in str(failure.value)
+
+
+def test_malformed_url_fails_at_startup_without_leaking_password(start_app) -> None:
+    """libpq quotes the offending token, here inside the password: the log must not."""
+    password = "se%zz" + uuid.uuid4().hex
+    bad_url = f"postgresql://app:{password}@127.0.0.1:1/appdb"
+    with pytest.raises(RuntimeError, match="exited") as failure:
+        start_app("lambda", env={"POOLED_DATABASE_URL": bad_url})
+    message = str(failure.value)
+    assert "POOLED_DATABASE_URL is not a valid libpq URL" in message
+    assert password not in message
+
+
+def test_settings_refuse_prisma_url() -> None:
+    env = {"POOLED_DATABASE_URL": "postgresql://u@h/db?pgbouncer=true&connection_limit=1",
+           "POOL_CONNECTION_LIMIT": "1", "PGBOUNCER_PREPARED_STATEMENTS": "off"}
+    with pytest.raises(db.SettingsError, match="connection_limit, pgbouncer"):
+        db.load_settings(env)
+
+
+def test_connect_kwargs_follow_prepared_statement_setting() -> None:
+    base = db.Settings("postgresql://u@h/db", 1, prepared_statements=False)
+    assert db.connect_kwargs(base)["prepare_threshold"] is None
+    assert "prepare_threshold" not in db.connect_kwargs(replace(base, prepared_statements=True))
+    assert db.connect_kwargs(base)["autocommit"] is False
