@@ -94,6 +94,8 @@ class PgBouncerSpec:
     idle_transaction_timeout: int = 30
     """Seconds a paused (zombie) instance may sit in an open transaction holding a server."""
     port: int = 6432
+    client_tls: bool = False
+    """Require TLS from clients (self-signed certificate for dev; sslmode=require in the URLs)."""
 
     @property
     def version_tuple(self) -> tuple[int, int]:
@@ -225,6 +227,7 @@ PGBOUNCER_RULES: dict[str, Rule] = {
     "idle_transaction_timeout": Rule(int, "use seconds between 0 (off) and 86400",
                                      _between(0, 86400)),
     "port": PORT,
+    "client_tls": Rule(bool, "use true or false"),
 }  # fmt: skip
 
 DATABASE_RULES: dict[str, Rule] = {

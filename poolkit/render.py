@@ -118,9 +118,15 @@ def render_pg_hba(stack: StackConfig, layout: Layout) -> str:
     return _render("pg_hba.conf.j2", stack=stack, layout=layout, records=records)
 
 
+TLS_KEY = "client-tls.key"
+TLS_CERT = "client-tls.crt"
+"""File names of PgBouncer's client TLS key and certificate, beside pgbouncer.ini."""
+
+
 def render_pgbouncer_ini(stack: StackConfig, plan: Plan, layout: Layout) -> str:
-    return _render("pgbouncer.ini.j2", stack=stack, layout=layout,
-                   settings=sorted(plan.pgbouncer, key=lambda s: s.name))  # fmt: skip
+    settings = sorted(plan.pgbouncer, key=lambda s: s.name)
+    return _render("pgbouncer.ini.j2", stack=stack, layout=layout, settings=settings,
+                   tls_key=TLS_KEY, tls_cert=TLS_CERT)  # fmt: skip
 
 
 def render_userlist(secrets: Secrets) -> str:
@@ -146,13 +152,14 @@ def render_env(
     connection_limit = app.connection_limit if app else min(limits)
     pool_timeout = plan.pool.pool_timeout
     host, port, db = layout.public_host, layout.public_pgbouncer_port, stack.database.name
+    tls = {"sslmode": "require"} if stack.pgbouncer.client_tls else {}
     urls = {
         "DATABASE_URL": _url(secrets.app, host, port, db,
-                             **prisma_params(connection_limit, pool_timeout)),
-        "POOLED_DATABASE_URL": _url(secrets.app, host, port, db),
+                             **prisma_params(connection_limit, pool_timeout), **tls),
+        "POOLED_DATABASE_URL": _url(secrets.app, host, port, db, **tls),
         "DIRECT_URL": _url(secrets.migrator, layout.public_postgres_host,
                            layout.public_postgres_port, db),
-        "PGBOUNCER_STATS_URL": _url(secrets.pgbouncer_stats, host, port, "pgbouncer"),
+        "PGBOUNCER_STATS_URL": _url(secrets.pgbouncer_stats, host, port, "pgbouncer", **tls),
     }  # fmt: skip
     return _render(
         "env.j2", stack=stack, plan=plan, app=app, urls=urls,

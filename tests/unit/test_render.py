@@ -20,9 +20,9 @@ APPS = [
 ]
 
 
-def _files(pgbouncer_version: str = "1.24", **sections) -> dict[str, str]:
-    config = stack(pgbouncer={"version": pgbouncer_version, "port": 16432},
-                   postgres={"port": 15432, "publish": True}, **sections)  # fmt: skip
+def _files(pgbouncer_version: str = "1.24", pgbouncer_tls: bool = False, **sections):
+    pgbouncer = {"version": pgbouncer_version, "port": 16432, "client_tls": pgbouncer_tls}
+    config = stack(pgbouncer=pgbouncer, postgres={"port": 15432, "publish": True}, **sections)
     return render_all(config, plan(config), secrets(), docker_layout(config))
 
 
@@ -145,3 +145,18 @@ def test_value_with_newline_cannot_enter_a_config_file() -> None:
     layout = replace(docker_layout(config), postgres_host="postgres\nauth_type = trust")
     with pytest.raises(RenderError):
         render_all(config, plan(config), secrets(), layout)
+
+
+def test_client_tls_requires_tls_in_ini_and_urls() -> None:
+    files = _files(apps=[APPS[0]], pgbouncer_tls=True)
+    ini = _setting_lines(files["pgbouncer.ini"], ";")
+    assert ini["client_tls_sslmode"] == "require"
+    assert ini["client_tls_key_file"] == "/etc/pgbouncer/client-tls.key"
+    env = parse_env(files[".env"])
+    assert env["POOLED_DATABASE_URL"].endswith("/app?sslmode=require")
+    assert env["DATABASE_URL"].endswith("&sslmode=require")
+    assert "sslmode" not in env["DIRECT_URL"]
+
+
+def test_no_tls_settings_without_client_tls() -> None:
+    assert "client_tls" not in _files()["pgbouncer.ini"]
