@@ -1,0 +1,127 @@
+"""ServerlessApp: sample app containers that reach Postgres through PgBouncer."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_docker as docker
+
+from components.common import container_labels, docker_name, healthcheck, loopback_port
+from components.pgbouncer import NETWORK_ALIAS as PGBOUNCER_HOST
+from components.postgres import NETWORK_ALIAS as POSTGRES_HOST
+from poolkit.config import StackConfig
+from poolkit.envfile import parse_env
+from poolkit.layouts import docker_layout
+from poolkit.render import Layout, render_env
+from poolkit.secrets import Secrets
+from poolkit.sizing import AppPlan, Plan
+
+APP_PORT = 8080
+"""Port the app image listens on (images/app/Dockerfile)."""
+POOLED_ENV = ("POOLED_DATABASE_URL", "POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS")
+"""Variables of the rendered .env every replica gets."""
+MIGRATOR_ENV = ("DIRECT_URL",)
+"""Variables only the first replica gets: it runs the schema migration (APP_MIGRATE=1)."""
+HEALTH_PROBE = (
+    "import urllib.request; "
+    f"urllib.request.urlopen('http://127.0.0.1:{APP_PORT}/healthz', timeout=4)"
+)
+"""GET /healthz does a round trip through PgBouncer; urlopen raises (exit 1) unless 2xx."""
+
+
+def network_layout(stack: StackConfig) -> Layout:
+    """The Docker layout with URLs that name the containers on the private network.
+
+    ``.env`` on the host points at the ports published on 127.0.0.1; a container reaches
+    PgBouncer and Postgres by their network aliases on their internal ports instead.
+    """
+    layout = docker_layout(stack)
+    return dataclasses.replace(
+        layout,
+        public_host=PGBOUNCER_HOST,
+        public_pgbouncer_port=layout.pgbouncer_port,
+        public_postgres_host=POSTGRES_HOST,
+        public_postgres_port=layout.postgres_port,
+    )
+
+
+def replica_env(
+    stack: StackConfig, plan: Plan, app: AppPlan, secrets: Secrets, replica: int
+) -> list[str]:
+    """``KEY=value`` items of one replica, taken from the same renderer as ``.env``."""
+    values = parse_env(render_env(stack, plan, secrets, network_layout(stack), app))
+    keys = POOLED_ENV + (MIGRATOR_ENV if replica == 0 else ())
+    env = {"APP_STYLE": app.style, **{key: values[key] for key in keys}}
+    if replica == 0:
+        env["APP_MIGRATE"] = "1"
+    return [f"{key}={value}" for key, value in sorted(env.items())]
+
+
+@dataclass
+class ServerlessAppArgs:
+    stack: StackConfig
+    """The validated stack (``poolkit.config.parse_stack``)."""
+    plan: Plan
+    """Its sizing plan; the app's ``connection_limit`` comes from ``app``."""
+    app: AppPlan
+    """The planned app: style, replicas, first host port, connection_limit."""
+    secrets: pulumi.Output[Secrets]
+    """Credentials: the app role's password goes into the pooled URL, the migrator's into
+    DIRECT_URL of the first replica."""
+    image: pulumi.Input[str]
+    """Image reference of images/app (digest or id)."""
+    network: pulumi.Input[str]
+    """Name of the private network PgBouncer and Postgres are on."""
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+    """Created after these (the PgBouncer container, healthy)."""
+    wait_timeout: int = 60
+    """Seconds ``pulumi up`` waits for each replica's first healthy check."""
+
+
+class ServerlessApp(pulumi.ComponentResource):
+    """``replicas`` containers of one sample app; replica i on 127.0.0.1:<port + i>."""
+
+    app_name: str
+    containers: list[docker.Container]
+    container_names: list[pulumi.Output[str]]
+    published_ports: list[int]
+
+    def __init__(
+        self, name: str, args: ServerlessAppArgs, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("poolkit:index:ServerlessApp", name, None, opts)
+        stack, plan, app = args.stack, args.plan, args.app
+        self.app_name = app.name
+        self.published_ports = [app.port + replica for replica in range(app.replicas)]
+        self.containers = []
+        for replica, port in enumerate(self.published_ports):
+            envs = pulumi.Output.secret(args.secrets.apply(
+                lambda s, r=replica: replica_env(stack, plan, app, s, r)))  # fmt: skip
+            self.containers.append(docker.Container(
+                f"{name}-{replica}",
+                name=docker_name(stack.stack, app.name, str(replica)),
+                image=args.image,
+                envs=envs,
+                networks_advanced=[docker.ContainerNetworksAdvancedArgs(
+                    name=args.network, aliases=[app.name])],
+                ports=[loopback_port(APP_PORT, port)],
+                healthcheck=healthcheck(["python3", "-c", HEALTH_PROBE]),
+                restart="unless-stopped",
+                wait=True,
+                wait_timeout=args.wait_timeout,
+                labels=container_labels(stack.stack, f"app-{app.name}"),
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=args.depends_on,
+                    delete_before_replace=True,
+                    replace_on_changes=["healthcheck"],
+                ),
+            ))  # fmt: skip
+        self.container_names = [container.name for container in self.containers]
+
+        self.register_outputs({
+            "container_names": self.container_names,
+            "published_ports": self.published_ports,
+        })  # fmt: skip

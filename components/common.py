@@ -1,0 +1,107 @@
+"""What every poolkit Docker object shares: names, labels, image builds and healthchecks.
+
+These are facts of the Docker target (naming, the images' fixed uid), never sizes: sizes and
+file contents come from ``poolkit.sizing`` and ``poolkit.render``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pulumi
+import pulumi_docker as docker
+
+DEFAULT_BASE_IMAGE = "debian:trixie-slim"
+"""Base of every image (build arg ``BASE_IMAGE``); any Debian-like image with apt works."""
+
+FILE_OWNER = "999"
+"""uid/gid of the ``postgres`` user in the postgres and pgbouncer images (see their Dockerfiles).
+Numeric on purpose: pulumi-docker resolves owner/group *names* on the machine running Pulumi,
+not in the image."""
+
+LOOPBACK = "127.0.0.1"
+"""Host address every published port binds to; Docker's default (0.0.0.0) would expose it."""
+
+# Healthcheck timings in Go's canonical duration form ("2s", "1m0s", never "60s"): the provider
+# reads them back from the engine in that form, so any other spelling is a perpetual diff.
+HEALTH_INTERVAL = "2s"
+HEALTH_TIMEOUT = "5s"
+HEALTH_RETRIES = 15
+HEALTH_START_PERIOD = "1m0s"
+
+
+def docker_name(stack: str, *parts: str) -> str:
+    """``poolkit-<stack>-<parts…>``: the name of a container, network, volume or image."""
+    return "-".join(("poolkit", stack, *parts))
+
+
+def labels(stack: str, component: str) -> dict[str, str]:
+    """Labels that let tools (and ``docker ps --filter``) find a stack's objects."""
+    return {"poolkit.stack": stack, "poolkit.component": component}
+
+
+def container_labels(stack: str, component: str) -> list[docker.ContainerLabelArgs]:
+    return [
+        docker.ContainerLabelArgs(label=k, value=v) for k, v in labels(stack, component).items()
+    ]
+
+
+def healthcheck(test: Sequence[str]) -> docker.ContainerHealthcheckArgs:
+    """A healthcheck with explicit timings; ``test`` is an exec-form command (no shell)."""
+    return docker.ContainerHealthcheckArgs(
+        tests=["CMD", *test],
+        interval=HEALTH_INTERVAL,
+        timeout=HEALTH_TIMEOUT,
+        retries=HEALTH_RETRIES,
+        start_period=HEALTH_START_PERIOD,
+    )
+
+
+def loopback_port(internal: int, external: int) -> docker.ContainerPortArgs:
+    """Publish ``internal`` on 127.0.0.1:``external`` only."""
+    return docker.ContainerPortArgs(internal=internal, external=external, ip=LOOPBACK,
+                                    protocol="tcp")  # fmt: skip
+
+
+def upload(path: str, content: pulumi.Input[str], mode: str) -> docker.ContainerUploadArgs:
+    """A file written into the container before it starts, owned by the images' postgres user.
+
+    Any change of content or mode replaces the container (uploads only happen at create).
+    """
+    return docker.ContainerUploadArgs(file=path, content=content, permissions=mode,
+                                      owner=FILE_OWNER, group=FILE_OWNER)  # fmt: skip
+
+
+def build_image(
+    resource_name: str,
+    image_name: str,
+    context: str,
+    dockerfile: str,
+    build_args: dict[str, str],
+    parent: pulumi.Resource,
+) -> docker.Image:
+    """Build an image on the Docker host, never pushed (``skip_push``).
+
+    Paths are relative to the project root (Pulumi's working directory), so the stored inputs
+    are the same on every machine.
+    """
+    return docker.Image(
+        resource_name,
+        image_name=image_name,
+        build=docker.DockerBuildArgs(context=context, dockerfile=dockerfile, args=build_args),
+        skip_push=True,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def image_ref(image: docker.Image) -> pulumi.Output[str]:
+    """What a container runs: the build's ``repo_digest``.
+
+    For a local (unpushed) build pulumi-docker 4.4+ reports the image id (``sha256:…``) there,
+    which changes with every rebuild, so a rebuilt image replaces its containers on purpose,
+    while an unchanged one causes no diff (a tag would do neither). ``image_name`` is the
+    fallback for a provider that reports no digest.
+    """
+    return pulumi.Output.all(image.repo_digest, image.image_name).apply(
+        lambda refs: refs[0] or refs[1]
+    )

@@ -1,0 +1,156 @@
+"""Environment: one stack on a Docker host (network, credentials, Postgres, PgBouncer, apps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_random as random
+
+from components.apps import ServerlessApp, ServerlessAppArgs
+from components.common import DEFAULT_BASE_IMAGE, build_image, docker_name, image_ref, labels
+from components.pgbouncer import PgBouncer, PgBouncerArgs
+from components.postgres import Postgres, PostgresArgs
+from poolkit import scram
+from poolkit.config import StackConfig
+from poolkit.envfile import parse_env
+from poolkit.layouts import docker_layout
+from poolkit.render import render_env
+from poolkit.secrets import ADMIN_USER, STATS_USER, Credential, Secrets
+from poolkit.sizing import Plan
+
+PASSWORD_LENGTH = 32
+"""Generated passwords: 32 letters and digits (about 190 bits), nothing to escape in a URL."""
+
+
+@dataclass
+class EnvironmentArgs:
+    stack: StackConfig
+    """The validated stack (``poolkit.config.parse_stack``); passwords are not read from it."""
+    plan: Plan
+    """Its sizing plan (``poolkit.sizing.plan``)."""
+    app_password: pulumi.Input[str] | None = None
+    """Password of the app role (``poolkit:app_password``, a secret); generated when None."""
+    migrator_password: pulumi.Input[str] | None = None
+    """Password of the owner role (``poolkit:migrator_password``); generated when None."""
+    base_image: str = DEFAULT_BASE_IMAGE
+    """``BASE_IMAGE`` build arg of every image."""
+
+
+class Environment(pulumi.ComponentResource):
+    """Everything a stack runs, wired in order: Postgres (healthy), then PgBouncer, then apps.
+
+    Secret outputs: ``env_file`` (the host's ``.env`` text), ``direct_url``, ``pooled_url``
+    (Prisma flavoured ``DATABASE_URL``) and ``pooled_libpq_url`` (``POOLED_DATABASE_URL``).
+    """
+
+    network: docker.Network
+    postgres: Postgres
+    pgbouncer: PgBouncer
+    apps: list[ServerlessApp]
+    env_file: pulumi.Output[str]
+    direct_url: pulumi.Output[str]
+    pooled_url: pulumi.Output[str]
+    pooled_libpq_url: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: EnvironmentArgs, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("poolkit:index:Environment", name, None, opts)
+        stack, plan = args.stack, args.plan
+        layout = docker_layout(stack)
+        child = pulumi.ResourceOptions(parent=self)
+
+        # Not `internal`: Docker cannot publish ports of containers on an internal network.
+        # Its isolation is that only this stack's containers join it.
+        self.network = docker.Network(
+            f"{name}-network",
+            name=docker_name(stack.stack, "net"),
+            labels=[docker.NetworkLabelArgs(label=k, value=v)
+                    for k, v in labels(stack.stack, "network").items()],
+            # A fixed name: a replacement must remove the old network first.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )  # fmt: skip
+        secrets = self._credentials(name, stack, layout.superuser, args)
+
+        self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
+            stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
+            base_image=args.base_image,
+        ), opts=child)  # fmt: skip
+        self.pgbouncer = PgBouncer(f"{name}-pgbouncer", PgBouncerArgs(
+            stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
+            depends_on=[self.postgres.container], base_image=args.base_image,
+        ), opts=child)  # fmt: skip
+
+        self.apps = []
+        if plan.apps:
+            app_image = build_image(
+                f"{name}-app-image",
+                image_name=f"{docker_name(stack.stack, 'app')}:latest",
+                context=".",
+                dockerfile="images/app/Dockerfile",
+                build_args={"BASE_IMAGE": args.base_image},
+                parent=self,
+            )
+            self.apps = [
+                ServerlessApp(f"{name}-{app.name}", ServerlessAppArgs(
+                    stack=stack, plan=plan, app=app, secrets=secrets, image=image_ref(app_image),
+                    network=self.network.name, depends_on=[self.pgbouncer.container],
+                ), opts=child)
+                for app in plan.apps
+            ]  # fmt: skip
+
+        self.env_file = pulumi.Output.secret(
+            secrets.apply(lambda s: render_env(stack, plan, s, layout)))  # fmt: skip
+        env = self.env_file.apply(parse_env)
+        self.direct_url = pulumi.Output.secret(env.apply(lambda e: e["DIRECT_URL"]))
+        self.pooled_url = pulumi.Output.secret(env.apply(lambda e: e["DATABASE_URL"]))
+        self.pooled_libpq_url = pulumi.Output.secret(env.apply(lambda e: e["POOLED_DATABASE_URL"]))
+
+        self.register_outputs({
+            "network": self.network.name,
+            "env_file": self.env_file,
+            "direct_url": self.direct_url,
+            "pooled_url": self.pooled_url,
+            "pooled_libpq_url": self.pooled_libpq_url,
+        })  # fmt: skip
+
+    def _credentials(
+        self, name: str, stack: StackConfig, superuser: str, args: EnvironmentArgs
+    ) -> pulumi.Output[Secrets]:
+        """Passwords (given or generated) and SCRAM salts, kept in state so verifiers are stable.
+
+        Every random value is a resource created here, never inside ``apply``: a resource made
+        in a callback is invisible to preview and would be made anew on every run.
+        """
+        child = pulumi.ResourceOptions(parent=self)
+        db = stack.database
+        users = {
+            "superuser": superuser,
+            "migrator": db.migrator_user,
+            "app": db.app_user,
+            "pgbouncer_admin": ADMIN_USER,
+            "pgbouncer_stats": STATS_USER,
+        }
+        given = {"app": args.app_password, "migrator": args.migrator_password}
+        parts: dict[str, pulumi.Output[list[str]]] = {}
+        for role in users:
+            label = role.replace("_", "-")
+            password = given.get(role)
+            if password is None:
+                password = random.RandomPassword(
+                    f"{name}-{label}-password", length=PASSWORD_LENGTH, special=False, opts=child
+                ).result
+            salt = random.RandomId(
+                f"{name}-{label}-salt", byte_length=scram.SALT_BYTES, opts=child
+            ).b64_std
+            parts[role] = pulumi.Output.all(password, salt)
+
+        def build(values: dict[str, list[str]]) -> Secrets:
+            return Secrets(**{
+                role: Credential(user=users[role], password=password, salt=salt)
+                for role, (password, salt) in values.items()
+            })  # fmt: skip
+
+        return pulumi.Output.secret(pulumi.Output.all(**parts).apply(build))

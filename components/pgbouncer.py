@@ -1,0 +1,104 @@
+"""PgBouncer: the pooler container in front of Postgres, and its image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_docker as docker
+
+from components.common import (
+    DEFAULT_BASE_IMAGE,
+    build_image,
+    container_labels,
+    docker_name,
+    healthcheck,
+    image_ref,
+    loopback_port,
+    upload,
+)
+from poolkit.config import StackConfig
+from poolkit.render import Layout, render_pgbouncer_ini, render_userlist
+from poolkit.secrets import Secrets
+from poolkit.sizing import Plan
+
+NETWORK_ALIAS = "pgbouncer"
+"""The container's name on the private network: the host of the apps' pooled URLs."""
+
+
+@dataclass
+class PgBouncerArgs:
+    stack: StackConfig
+    """The validated stack (``poolkit.config.parse_stack``)."""
+    plan: Plan
+    """Its sizing plan: pgbouncer.ini takes the pool settings from here."""
+    layout: Layout
+    """Paths and addresses of the Docker images (``poolkit.layouts.docker_layout``)."""
+    secrets: pulumi.Output[Secrets]
+    """Credentials; userlist.txt holds their SCRAM verifiers, never a password."""
+    network: pulumi.Input[str]
+    """Name of the private network the container joins."""
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+    """Created only after these (the Postgres container, which ``wait``s until healthy)."""
+    base_image: str = DEFAULT_BASE_IMAGE
+    """``BASE_IMAGE`` build arg of images/pgbouncer."""
+    wait_timeout: int = 60
+    """Seconds ``pulumi up`` waits for the first healthy check."""
+
+
+class PgBouncer(pulumi.ComponentResource):
+    """PgBouncer in transaction mode, published on 127.0.0.1:<pgbouncer.port> only."""
+
+    image: docker.Image
+    container: docker.Container
+    container_name: pulumi.Output[str]
+    published_port: int
+
+    def __init__(self, name: str, args: PgBouncerArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("poolkit:index:PgBouncer", name, None, opts)
+        stack, layout = args.stack, args.layout
+
+        self.image = build_image(
+            f"{name}-image",
+            image_name=f"{docker_name(stack.stack, 'pgbouncer')}:latest",
+            context="images/pgbouncer",
+            dockerfile="images/pgbouncer/Dockerfile",
+            build_args={"BASE_IMAGE": args.base_image},
+            parent=self,
+        )
+        userlist = pulumi.Output.secret(args.secrets.apply(render_userlist))
+        uploads = [
+            upload(f"{layout.pgbouncer_dir}/pgbouncer.ini",
+                    render_pgbouncer_ini(stack, args.plan, layout), "0640"),
+            upload(f"{layout.pgbouncer_dir}/userlist.txt", userlist, "0600"),
+        ]  # fmt: skip
+        self.published_port = stack.pgbouncer.port
+
+        self.container = docker.Container(
+            f"{name}-container",
+            name=docker_name(stack.stack, "pgbouncer"),
+            image=image_ref(self.image),
+            uploads=uploads,
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(
+                name=args.network, aliases=[NETWORK_ALIAS])],
+            ports=[loopback_port(layout.pgbouncer_port, self.published_port)],
+            healthcheck=healthcheck(["pg_isready", "-h", "127.0.0.1", "-p",
+                                     str(layout.pgbouncer_port)]),
+            restart="unless-stopped",
+            wait=True,
+            wait_timeout=args.wait_timeout,
+            labels=container_labels(stack.stack, "pgbouncer"),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=args.depends_on,
+                delete_before_replace=True,
+                replace_on_changes=["healthcheck"],
+            ),
+        )  # fmt: skip
+        self.container_name = self.container.name
+
+        self.register_outputs({
+            "container_name": self.container_name,
+            "image": self.container.image,
+            "published_port": self.published_port,
+        })  # fmt: skip

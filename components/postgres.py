@@ -1,0 +1,129 @@
+"""Postgres: the server container, its image and its data volume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components.common import (
+    DEFAULT_BASE_IMAGE,
+    build_image,
+    container_labels,
+    docker_name,
+    healthcheck,
+    image_ref,
+    labels,
+    loopback_port,
+    upload,
+)
+from poolkit.config import StackConfig
+from poolkit.render import Layout, render_init_sql, render_pg_hba, render_postgresql_conf
+from poolkit.secrets import Secrets
+from poolkit.sizing import Plan
+
+NETWORK_ALIAS = "postgres"
+"""The container's name on the private network; ``docker_layout`` points PgBouncer at it."""
+
+
+@dataclass
+class PostgresArgs:
+    stack: StackConfig
+    """The validated stack (``poolkit.config.parse_stack``)."""
+    plan: Plan
+    """Its sizing plan (``poolkit.sizing.plan``): postgresql.conf takes its settings from here."""
+    layout: Layout
+    """Paths and addresses of the Docker images (``poolkit.layouts.docker_layout``)."""
+    secrets: pulumi.Output[Secrets]
+    """Credentials with their SCRAM salts; only their verifiers reach the container."""
+    network: pulumi.Input[str]
+    """Name of the private network the container joins."""
+    base_image: str = DEFAULT_BASE_IMAGE
+    """``BASE_IMAGE`` build arg of images/postgres."""
+    wait_timeout: int = 180
+    """Seconds ``pulumi up`` waits for the first healthy check (the first start runs initdb)."""
+
+
+class Postgres(pulumi.ComponentResource):
+    """PostgreSQL in a container: configs and init SQL uploaded, data on a named volume.
+
+    The port is published (on 127.0.0.1 only) when the stack sets ``postgres.publish``; the
+    apps and PgBouncer always reach it as ``postgres:5432`` on the private network.
+    """
+
+    image: docker.Image
+    volume: docker.Volume
+    container: docker.Container
+    container_name: pulumi.Output[str]
+    published_port: int | None
+    """Host port on 127.0.0.1, or None when the port is not published."""
+
+    def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("poolkit:index:Postgres", name, None, opts)
+        stack, layout = args.stack, args.layout
+
+        self.image = build_image(
+            f"{name}-image",
+            image_name=f"{docker_name(stack.stack, 'postgres')}:latest",
+            context="images/postgres",
+            dockerfile="images/postgres/Dockerfile",
+            build_args={"BASE_IMAGE": args.base_image, "PG_MAJOR": str(stack.postgres.version)},
+            parent=self,
+        )
+        self.volume = docker.Volume(
+            f"{name}-data",
+            name=docker_name(stack.stack, "pgdata"),
+            labels=[docker.VolumeLabelArgs(label=k, value=v)
+                    for k, v in labels(stack.stack, "postgres").items()],
+            # Fixed name. Replacing it (new name or labels) starts from an empty cluster:
+            # the data lives in this volume and `pulumi destroy` removes it.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )  # fmt: skip
+
+        # Files with no secret are plain text; init.sql carries SCRAM verifiers: a secret.
+        init_sql = pulumi.Output.secret(args.secrets.apply(lambda s: render_init_sql(stack, s)))
+        config_dir = layout.config_dir
+        uploads = [
+            upload(f"{config_dir}/postgresql.conf",
+                    render_postgresql_conf(stack, args.plan, layout), "0644"),
+            upload(f"{config_dir}/pg_hba.conf", render_pg_hba(stack, layout), "0644"),
+            upload(f"{config_dir}/init.sql", init_sql, "0600"),
+        ]  # fmt: skip
+        self.published_port = stack.postgres.port if stack.postgres.publish else None
+        ports = None
+        if self.published_port is not None:
+            ports = [loopback_port(layout.postgres_port, self.published_port)]
+
+        self.container = docker.Container(
+            f"{name}-container",
+            name=docker_name(stack.stack, "postgres"),
+            image=image_ref(self.image),
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name,
+                                                container_path=layout.data_directory)],
+            uploads=uploads,
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(
+                name=args.network, aliases=[NETWORK_ALIAS])],
+            ports=ports,
+            healthcheck=healthcheck(["pg_isready", "-h", "127.0.0.1", "-p",
+                                     str(layout.postgres_port)]),
+            restart="unless-stopped",
+            wait=True,
+            wait_timeout=args.wait_timeout,
+            labels=container_labels(stack.stack, "postgres"),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # Fixed name and host port: the old container must go before the new one starts.
+                delete_before_replace=True,
+                # Docker cannot change a running container's healthcheck: make it a replacement.
+                replace_on_changes=["healthcheck"],
+            ),
+        )  # fmt: skip
+        self.container_name = self.container.name
+
+        self.register_outputs({
+            "container_name": self.container_name,
+            "image": self.container.image,
+            "volume": self.volume.name,
+            "published_port": self.published_port,
+        })  # fmt: skip

@@ -1,0 +1,204 @@
+"""The Pulumi target from the command line: ``poolkit env`` and ``poolkit up --target pulumi``.
+
+Both drive the Pulumi CLI (``pulumi``) in the project root with a local file backend
+(``.poolkit/pulumi-state``) and a passphrase secrets provider, unless the environment already
+names a backend (``PULUMI_BACKEND_URL``) or a passphrase (``PULUMI_CONFIG_PASSPHRASE`` or
+``PULUMI_CONFIG_PASSPHRASE_FILE``). Passwords never appear in a command's arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from poolkit.config import STACK_NAME, StackConfig
+from poolkit.envfile import write_private
+
+INSTALL_URL = "https://www.pulumi.com/docs/install/"
+STATE_DIR = Path(".poolkit") / "pulumi-state"
+PASSPHRASE_FILE = Path(".poolkit") / "pulumi-passphrase"
+
+
+class Outputs:
+    """Stack output keys of ``__main__.py``, shared with ``poolkit env`` and the tests."""
+
+    DIRECT_URL = "direct_url"
+    """Postgres as the owner role: migrations, LISTEN/NOTIFY, advisory locks (secret)."""
+    POOLED_URL = "pooled_url"
+    """PgBouncer, Prisma flavoured (``DATABASE_URL``; secret)."""
+    POOLED_LIBPQ_URL = "pooled_libpq_url"
+    """PgBouncer for libpq clients (``POOLED_DATABASE_URL``; secret)."""
+    ENV_FILE = "env_file"
+    """The ``.env`` text for the host (secret); ``poolkit env`` writes it to ``.env.<stack>``."""
+    SECRET = (DIRECT_URL, POOLED_URL, POOLED_LIBPQ_URL, ENV_FILE)
+
+    POSTGRES_PORT = "postgres_port"
+    """Host port of Postgres on 127.0.0.1, or null when the stack does not publish it."""
+    PGBOUNCER_PORT = "pgbouncer_port"
+    APP_PORTS = "app_ports"
+    """App name -> host ports of its replicas."""
+    VERSIONS = "versions"
+    """``{"postgres": 17, "pgbouncer": "1.24"}`` as the stack declares them."""
+    PLAN = "plan"
+    """The sizing plan, as ``poolkit plan --json`` prints it."""
+    CONTAINERS = "containers"
+    """Container names: postgres, pgbouncer, and app name -> replica names."""
+    NETWORK = "network"
+
+
+class PulumiError(click.ClickException):
+    """The Pulumi CLI is missing, or one of its steps failed: message on stderr, exit 1."""
+
+    exit_code = 1
+
+
+def pulumi_cli() -> str:
+    """Path of the ``pulumi`` executable, or PulumiError saying it is missing and how to fix it."""
+    found = shutil.which("pulumi")
+    if found is None:
+        raise PulumiError(
+            "the Pulumi CLI (`pulumi`) is not installed or not on PATH. "
+            f"Install it ({INSTALL_URL}), e.g. `curl -fsSL https://get.pulumi.com | sh`, "
+            "then run this command again."
+        )
+    return found
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder holding ``Pulumi.yaml``, from ``start`` (default: cwd) up."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "Pulumi.yaml").is_file():
+            return folder
+    raise PulumiError(f"no Pulumi.yaml in {here} or above: run this in the poolkit project")
+
+
+def passphrase_file(project: Path) -> Path:
+    """The generated passphrase of the stacks' secrets (0600), made on first use.
+
+    Keep it: without it the encrypted config and state of the stacks cannot be read.
+    """
+    path = project / PASSPHRASE_FILE
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(32) + "\n")
+    elif path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return path
+
+
+def pulumi_env(project: Path) -> dict[str, str]:
+    """Environment for ``pulumi``: the project's file backend and passphrase unless set."""
+    env = dict(os.environ)
+    if not env.get("PULUMI_BACKEND_URL"):
+        state = project / STATE_DIR
+        state.mkdir(parents=True, exist_ok=True)
+        env["PULUMI_BACKEND_URL"] = f"file://{state}"
+    if not (env.get("PULUMI_CONFIG_PASSPHRASE") or env.get("PULUMI_CONFIG_PASSPHRASE_FILE")):
+        env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(passphrase_file(project))
+    return env
+
+
+def _stack_name(stack: str | StackConfig) -> str:
+    name = stack.stack if isinstance(stack, StackConfig) else stack
+    if not STACK_NAME.match(name):
+        raise PulumiError(f"--stack {name!r}: use lower-case letters, digits and -")
+    return name
+
+
+def _run(args: list[str], project: Path, env: dict[str, str], capture: bool = False) -> str:
+    """Run ``pulumi ARGS`` in the project; raise PulumiError naming the step when it fails."""
+    command = [pulumi_cli(), *args]
+    result = subprocess.run(command, cwd=project, env=env, text=True, check=False,
+                            capture_output=capture)  # fmt: skip
+    if result.returncode != 0:
+        detail = f":\n{result.stderr.strip()}" if capture and result.stderr else " (output above)"
+        raise PulumiError(f"`pulumi {' '.join(args)}` failed with exit {result.returncode}{detail}")
+    return result.stdout if capture else ""
+
+
+def ensure_stack(name: str, project: Path, env: dict[str, str]) -> None:
+    """``pulumi stack init NAME`` unless the backend already has the stack."""
+    listed: list[dict[str, Any]] = json.loads(_run(["stack", "ls", "--json"], project, env, True)
+                                              or "[]")  # fmt: skip
+    if any(str(item.get("name", "")).rsplit("/", 1)[-1] == name for item in listed):
+        return
+    click.echo(f"creating Pulumi stack {name} ({env['PULUMI_BACKEND_URL']})", err=True)
+    _run(["stack", "init", name, "--secrets-provider", "passphrase"], project, env)
+
+
+def stack_outputs(stack: str | StackConfig, project: Path | None = None) -> dict[str, Any]:
+    """Every output of the stack, secrets in clear (``pulumi stack output --show-secrets``)."""
+    name = _stack_name(stack)
+    project = project or project_root()
+    text = _run(["stack", "output", "--json", "--show-secrets", "--stack", name],
+                project, pulumi_env(project), capture=True)  # fmt: skip
+    outputs: dict[str, Any] = json.loads(text or "{}")
+    return outputs
+
+
+def write_env(
+    stack: str | StackConfig, project: Path | None = None, out: Path | None = None
+) -> Path:
+    """Write the stack's ``.env`` text to ``out`` (default ``.env.<stack>``), mode 0600."""
+    name = _stack_name(stack)
+    pulumi_cli()
+    project = project or project_root()
+    outputs = stack_outputs(name, project)
+    text = outputs.get(Outputs.ENV_FILE)
+    if not isinstance(text, str):
+        raise PulumiError(f"stack {name} has no {Outputs.ENV_FILE} output yet: "
+                          f"run `poolkit up --target pulumi --stack {name}` first")  # fmt: skip
+    path = out or project / f".env.{name}"
+    write_private(path, text)
+    return path
+
+
+def up(
+    stack: str | StackConfig,
+    project: Path | None = None,
+    *,
+    env_file: Path | None = None,
+    smoke: bool = True,
+) -> Path:
+    """``pulumi up`` the stack, write its ``.env`` (0600), run ``poolkit smoke`` on it.
+
+    ``env_file`` defaults to ``.env.<stack>`` in the project root. Returns its path; raises
+    PulumiError (exit 1) when a step fails.
+    """
+    name = _stack_name(stack)
+    pulumi_cli()
+    project = project or project_root()
+    env = pulumi_env(project)
+    ensure_stack(name, project, env)
+    _run(["up", "--yes", "--stack", name], project, env)
+    path = write_env(name, project, env_file)
+    click.echo(f"wrote {path} (0600)", err=True)
+    if smoke:
+        run_smoke(path, project)
+    return path
+
+
+def run_smoke(env_file: Path, project: Path) -> None:
+    """``poolkit smoke --env-file ENV_FILE`` in a child process; PulumiError when it fails."""
+    command = [sys.executable, "-m", "poolkit", "smoke", "--env-file", str(env_file)]
+    result = subprocess.run(command, cwd=project, check=False)
+    if result.returncode != 0:
+        raise PulumiError(
+            f"`poolkit smoke --env-file {env_file}` failed with exit {result.returncode}"
+        )
+
+
+def down(stack: str | StackConfig, project: Path | None = None) -> None:
+    """``pulumi destroy`` the stack's resources (the stack and its state stay)."""
+    name = _stack_name(stack)
+    pulumi_cli()
+    project = project or project_root()
+    _run(["destroy", "--yes", "--stack", name], project, pulumi_env(project))

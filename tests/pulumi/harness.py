@@ -1,0 +1,232 @@
+"""Run the real Pulumi program (``__main__.py``) under Pulumi's mock runtime and record it.
+
+``deploy(stack, config)`` installs the config and the mocks first (``preview=False``, so every
+``apply`` runs), then runs ``__main__.py`` fresh, and returns what the program asked for:
+each resource's inputs (secrets still marked), its parent, dependencies and options, plus the
+stack outputs and which of them are secret.
+
+The mocks add only what the engine or provider would compute (ids, an image's ``repoDigest``,
+a ``RandomPassword``'s ``result``, a ``RandomId``'s ``b64Std``) and pass the inputs through.
+A resource type the program was not expected to create raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import random
+import runpy
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.settings import ROOT
+
+PROJECT = Path(__file__).resolve().parents[2]
+PROGRAM = PROJECT / "__main__.py"
+
+IMAGE = "docker:index/image:Image"
+CONTAINER = "docker:index/container:Container"
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+PASSWORD = "random:index/randomPassword:RandomPassword"
+RANDOM_ID = "random:index/randomId:RandomId"
+
+
+def plain(value: Any) -> Any:
+    """``value`` with Pulumi's secret markers removed, recursively."""
+    value = rpc.unwrap_rpc_secret(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def is_secret(value: Any) -> bool:
+    return rpc.is_rpc_secret(value)
+
+
+@dataclass
+class Registered:
+    """One resource as the program registered it."""
+
+    urn: str
+    type: str
+    name: str
+    custom: bool
+    parent: str
+    inputs: dict[str, Any]
+    """As sent to the engine: camelCase keys, numbers as floats, secrets still wrapped."""
+    state: dict[str, Any]
+    """What the mocks returned (inputs plus computed outputs)."""
+    id: str
+    dependencies: list[str]
+    delete_before_replace: bool
+    replace_on_changes: list[str]
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The inputs with secret markers removed."""
+        return plain(self.inputs)
+
+
+@dataclass
+class Deployment:
+    resources: list[Registered]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+    warnings: list[str] = field(default_factory=list)
+    """Messages the program logged with ``pulumi.log.warn``."""
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == typ]
+
+    def named(self, name: str) -> Registered:
+        """The resource with logical name ``name`` (e.g. ``poolkit-postgres-container``)."""
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name!r}, found {len(found)}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registered:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def containers(self) -> dict[str, Registered]:
+        """Docker containers by their docker name (``poolkit-dev-postgres``)."""
+        return {r.args["name"]: r for r in self.of_type(CONTAINER)}
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Returns realistic provider outputs, deterministically (seeded by the resource name)."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        if not args.custom:
+            return None, {}
+        seed = hashlib.sha256(f"{args.typ}/{args.name}".encode()).hexdigest()
+        inputs = dict(args.inputs)
+        if args.typ == IMAGE:
+            digest = f"sha256:{seed}"
+            return digest, {**inputs, "repoDigest": digest, "baseImageName": inputs["imageName"],
+                            "registryServer": "", "context": inputs["build"]["context"],
+                            "dockerfile": inputs["build"]["dockerfile"]}  # fmt: skip
+        if args.typ == CONTAINER:
+            return seed, {**inputs, "networkDatas": []}
+        if args.typ == NETWORK:
+            return seed[:25], {**inputs, "driver": "bridge", "scope": "local"}
+        if args.typ == VOLUME:
+            name = inputs["name"]
+            return name, {**inputs, "driver": "local",
+                          "mountpoint": f"/var/lib/docker/volumes/{name}/_data"}  # fmt: skip
+        if args.typ == PASSWORD:
+            alphabet = string.ascii_letters + string.digits
+            if inputs.get("special", True):
+                alphabet += "!@#$%&*()-_=+[]{}<>:?"
+            rng = random.Random(seed)
+            result = "".join(rng.choice(alphabet) for _ in range(int(inputs["length"])))
+            return seed[:16], {**inputs, "result": result, "bcryptHash": f"$2a$10${seed[:53]}"}
+        if args.typ == RANDOM_ID:
+            data = bytes.fromhex(seed)[: int(inputs["byteLength"])]
+            return base64.urlsafe_b64encode(data).decode().rstrip("="), {
+                **inputs,
+                "b64Std": base64.b64encode(data).decode(),
+                "b64Url": base64.urlsafe_b64encode(data).decode().rstrip("="),
+                "hex": data.hex(),
+                "dec": str(int.from_bytes(data, "big")),
+            }
+        raise NotImplementedError(f"unexpected resource {args.typ} {args.name!r}")
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
+        raise NotImplementedError(f"unexpected function call {args.token}")
+
+
+class RecordingMonitor(MockMonitor):
+    """The mock engine, also recording what ``MockResourceArgs`` lacks: parent, deps, options."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.registered: list[Registered] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            registration = self.resources[response.urn]
+            self.registered.append(Registered(
+                urn=response.urn, type=request.type, name=request.name, custom=request.custom,
+                parent=request.parent, inputs=rpc.deserialize_properties(request.object),
+                state=dict(registration.state), id=registration.id,
+                dependencies=list(request.dependencies),
+                delete_before_replace=request.deleteBeforeReplace,
+                replace_on_changes=list(request.replaceOnChanges),
+            ))  # fmt: skip
+        return response
+
+
+def stack_file_config(stack: str) -> dict[str, Any]:
+    """The ``config:`` of ``Pulumi.<stack>.yaml`` in the project root."""
+    document = yaml.safe_load((PROJECT / f"Pulumi.{stack}.yaml").read_text(encoding="utf-8"))
+    return dict(document.get("config") or {})
+
+
+def as_pulumi_config(config: dict[str, Any]) -> dict[str, str]:
+    """Config as the CLI hands it to a program: strings stay, objects and lists become JSON."""
+    return {key: value if isinstance(value, str) else json.dumps(value)
+            for key, value in config.items()}  # fmt: skip
+
+
+def deploy(stack: str, config: dict[str, Any], secret_keys: tuple[str, ...] = ()) -> Deployment:
+    """Run ``__main__.py`` for ``stack`` with ``config`` under fresh mocks; record everything.
+
+    An exception of the program (e.g. RunError for an invalid stack) propagates; the monitor of
+    the failed run is left on ``deploy.last_monitor`` so a test can check what was registered.
+    """
+    ROOT.set(None)  # a fresh root stack resource for this run
+    pulumi.runtime.set_all_config(as_pulumi_config(config), list(secret_keys))
+    mocks = RecordingMocks()
+    monitor = RecordingMonitor(mocks)
+    deploy.last_monitor = monitor  # type: ignore[attr-defined]
+    warnings = _WarningCollector()
+    logger = logging.getLogger(f"poolkit.tests.pulumi.{stack}")
+    logger.propagate = False
+    logger.handlers[:] = [warnings]
+    pulumi.runtime.set_mocks(mocks, project="poolkit", stack=stack, preview=False,
+                             monitor=monitor, logger=logger)  # fmt: skip
+    outputs: dict[str, Any] = {}
+    secret_outputs: set[str] = set()
+
+    async def collect(exports: dict[str, Any]) -> None:
+        for key, value in exports.items():
+            output = pulumi.Output.from_input(value)
+            outputs[key] = await output.future()
+            if await output.is_secret():
+                secret_outputs.add(key)
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[None]:
+        runpy.run_path(str(PROGRAM), run_name="__main__")
+        root = pulumi.runtime.get_root_resource()
+        assert root is not None
+        return pulumi.Output.from_input(collect(root.outputs))  # type: ignore[attr-defined]
+
+    try:
+        run()
+    finally:  # leave no config or root stack behind for whatever runs next in this process
+        ROOT.set(None)
+        pulumi.runtime.set_all_config({}, [])
+    return Deployment(resources=monitor.registered, outputs=outputs,
+                      secret_outputs=secret_outputs, warnings=warnings.messages)  # fmt: skip
+
+
+class _WarningCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())

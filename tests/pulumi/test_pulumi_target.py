@@ -1,0 +1,166 @@
+"""``poolkit env`` and ``pulumi_target.up`` drive the Pulumi CLI with the right arguments.
+
+The Pulumi CLI cannot be installed here, so these tests put a stand-in ``pulumi`` on PATH: a
+script that records its arguments and environment and answers ``stack ls`` and ``stack
+output`` from files. They check what poolkit asks of the CLI, not what Pulumi does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from poolkit import pulumi_target
+from poolkit.cli import main
+from poolkit.pulumi_target import INSTALL_URL, Outputs, PulumiError
+
+pytestmark = pytest.mark.pulumi
+
+FAKE_PULUMI = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_PULUMI_LOG"], "a") as log:
+    log.write(json.dumps({{"args": args, "cwd": os.getcwd(), "env": {{
+        k: os.environ.get(k) for k in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE",
+                                       "PULUMI_CONFIG_PASSPHRASE_FILE")}}}}) + "\\n")
+if args[0] in os.environ.get("FAKE_PULUMI_FAIL", "").split(","):
+    print("error: simulated failure", file=sys.stderr)
+    sys.exit(255)
+if args[:2] == ["stack", "ls"]:
+    print(os.environ.get("FAKE_PULUMI_STACKS", "[]"))
+elif args[:2] == ["stack", "output"]:
+    print(open(os.environ["FAKE_PULUMI_OUTPUTS"]).read())
+"""
+ENV_TEXT = 'POOLED_DATABASE_URL="postgresql://app:s3cret@127.0.0.1:16432/app"\n'
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project root with a stand-in ``pulumi`` first on PATH; cwd is the project."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "Pulumi.yaml").write_text("name: poolkit\nruntime: python\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "pulumi"
+    fake.write_text(FAKE_PULUMI.format(python=sys.executable))
+    fake.chmod(0o755)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({Outputs.ENV_FILE: ENV_TEXT, Outputs.PGBOUNCER_PORT: 16432}))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PULUMI_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_PULUMI_OUTPUTS", str(outputs))
+    for name in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(root)
+    return root
+
+
+def calls(project: Path) -> list[dict[str, Any]]:
+    log = project.parent / "calls.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_env_without_the_pulumi_cli_says_so_and_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no pulumi
+    result = CliRunner().invoke(main, ["env", "--stack", "dev"])
+    assert result.exit_code == 1, result.output
+    assert "the Pulumi CLI (`pulumi`) is not installed or not on PATH" in result.output
+    assert INSTALL_URL in result.output
+
+
+def test_up_without_the_pulumi_cli_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PulumiError, match="Pulumi CLI") as failure:
+        pulumi_target.up("dev", project=tmp_path)
+    assert failure.value.exit_code == 1
+    assert INSTALL_URL in failure.value.message
+
+
+def test_env_writes_the_env_file_output_with_mode_0600(project: Path) -> None:
+    result = CliRunner().invoke(main, ["env", "--stack", "dev"])
+    assert result.exit_code == 0, result.output
+    written = project / ".env.dev"
+    assert written.read_text() == ENV_TEXT
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    (call,) = calls(project)
+    assert call["args"] == ["stack", "output", "--json", "--show-secrets", "--stack", "dev"]
+    assert call["cwd"] == str(project)
+    assert call["env"]["PULUMI_BACKEND_URL"] == f"file://{project}/.poolkit/pulumi-state"
+    assert "s3cret" not in result.output
+
+
+def test_env_of_a_stack_without_outputs_names_the_fix(project: Path) -> None:
+    Path(os.environ["FAKE_PULUMI_OUTPUTS"]).write_text("{}")
+    result = CliRunner().invoke(main, ["env", "--stack", "dev"])
+    assert result.exit_code == 1
+    assert "poolkit up --target pulumi --stack dev" in result.output
+    assert not (project / ".env.dev").exists()
+
+
+def test_up_inits_the_stack_deploys_writes_env_and_smokes(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smoked: list[Path] = []
+    monkeypatch.setattr(pulumi_target, "run_smoke", lambda path, root: smoked.append(path))
+    path = pulumi_target.up("dev")
+    assert [c["args"] for c in calls(project)] == [
+        ["stack", "ls", "--json"],
+        ["stack", "init", "dev", "--secrets-provider", "passphrase"],
+        ["up", "--yes", "--stack", "dev"],
+        ["stack", "output", "--json", "--show-secrets", "--stack", "dev"],
+    ]
+    assert path == project / ".env.dev" and smoked == [path]
+    passphrase = project / ".poolkit" / "pulumi-passphrase"
+    assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
+    assert len(passphrase.read_text().strip()) >= 32
+    for call in calls(project):
+        assert call["env"]["PULUMI_CONFIG_PASSPHRASE_FILE"] == str(passphrase)
+        assert passphrase.read_text().strip() not in " ".join(call["args"])
+
+
+def test_up_keeps_an_existing_stack_and_the_users_passphrase(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pulumi_target, "run_smoke", lambda path, root: None)
+    monkeypatch.setenv("FAKE_PULUMI_STACKS", json.dumps([{"name": "organization/poolkit/dev"}]))
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "users-own-passphrase")
+    pulumi_target.up("dev")
+    assert [c["args"][0] for c in calls(project)] == ["stack", "up", "stack"]
+    assert all(c["env"]["PULUMI_CONFIG_PASSPHRASE_FILE"] is None for c in calls(project))
+    assert not (project / ".poolkit" / "pulumi-passphrase").exists()
+
+
+def test_a_failed_pulumi_up_stops_before_env_and_smoke(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smoked: list[Path] = []
+    monkeypatch.setattr(pulumi_target, "run_smoke", lambda path, root: smoked.append(path))
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "up")
+    with pytest.raises(PulumiError, match=r"`pulumi up --yes --stack dev` failed with exit 255"):
+        pulumi_target.up("dev")
+    assert not (project / ".env.dev").exists() and smoked == []
+
+
+def test_a_failed_smoke_fails_up(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real smoke command runs against the (unreachable) URL of the stand-in outputs."""
+    monkeypatch.setenv("FAKE_PULUMI_STACKS", json.dumps([{"name": "dev"}]))
+    with pytest.raises(PulumiError, match=r"poolkit smoke --env-file .*\.env\.dev` failed"):
+        pulumi_target.up("dev")
+
+
+def test_up_honours_env_file_and_no_smoke(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pulumi_target, "run_smoke", lambda path, root: pytest.fail("smoke ran"))
+    monkeypatch.setenv("FAKE_PULUMI_STACKS", json.dumps([{"name": "dev"}]))
+    target = project / "out" / "dev.env"
+    assert pulumi_target.up("dev", env_file=target, smoke=False) == target
+    assert target.read_text() == ENV_TEXT and stat.S_IMODE(target.stat().st_mode) == 0o600
