@@ -23,7 +23,10 @@ SUPERUSER_RESERVED = 3
 DIRECT_HEADROOM = 10
 """Backends kept for the direct URL: migrations, LISTEN/NOTIFY listeners, monitoring, smoke."""
 CLIENT_HEADROOM = 1.5
-MIN_MAX_CLIENT_CONN = 100
+MIN_MAX_CLIENT_CONN = 300
+"""Client slots are cheap at PgBouncer (a few kB each); room for a 200-client smoke burst."""
+MAX_CONNECTIONS_STEP = 25
+"""Derived max_connections is rounded up to this, so a pool resize needs no Postgres restart."""
 PREPARED_STATEMENTS_DEFAULT = 200
 PREPARED_STATEMENTS_SINCE = (1, 21)
 
@@ -151,7 +154,8 @@ def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, t
     )
     server_connections = pool + reserve
     needed = server_connections + SUPERUSER_RESERVED + DIRECT_HEADROOM
-    max_connections = pg.max_connections or needed
+    derived = MAX_CONNECTIONS_STEP * math.ceil(needed / MAX_CONNECTIONS_STEP)
+    max_connections = pg.max_connections or derived
     if max_connections < server_connections + SUPERUSER_RESERVED + 2:
         problems.append(Problem(
             f"{ns}:postgres.max_connections", pg.max_connections,
@@ -230,7 +234,8 @@ def _pgbouncer_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ..
                 "sees more backends from PgBouncer than this"),
         Setting("max_client_conn", str(pool.max_client_conn),
                 f"apps' peak demand {pool.client_demand} (instances x connection_limit) "
-                f"x {CLIENT_HEADROOM}, at least {MIN_MAX_CLIENT_CONN}, rounded up to 50"
+                f"x {CLIENT_HEADROOM}, at least {MIN_MAX_CLIENT_CONN} (client slots are cheap), "
+                "rounded up to 50"
                 if not bouncer.max_client_conn else "set in the stack file"),
         Setting("query_wait_timeout", str(bouncer.query_wait_timeout),
                 "a client waiting this long for a server gets an error instead of hanging; "
@@ -284,7 +289,9 @@ def _postgres_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...
     settings = [
         Setting("max_connections", str(pool.max_connections),
                 f"PgBouncer's {pool.server_connections} servers + {SUPERUSER_RESERVED} superuser "
-                f"slots + {DIRECT_HEADROOM} for the direct URL (migrations, listeners, monitoring)"
+                f"slots + {DIRECT_HEADROOM} for the direct URL (migrations, listeners, "
+                f"monitoring), rounded up to a multiple of {MAX_CONNECTIONS_STEP} so a pool "
+                "resize is a PgBouncer reload, not a Postgres restart"
                 if not pg.max_connections else "set in the stack file"),
         Setting("superuser_reserved_connections", str(SUPERUSER_RESERVED),
                 "slots an administrator can still use when the rest are full"),

@@ -106,13 +106,19 @@ class Supervisor:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m poolkit.supervisor", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m poolkit.supervisor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--pidfile", type=Path, required=True, help="the supervisor's pid file")
     parser.add_argument("--child-pidfile", type=Path, help="pid file the child writes, if any")
     parser.add_argument("--env-file", type=Path, help="KEY=value lines added to the child's env")
-    parser.add_argument("--raise-nofile", action="store_true",
-                        help="raise RLIMIT_NOFILE soft to hard before starting the child")
+    parser.add_argument(
+        "--raise-nofile",
+        action="store_true",
+        help="raise RLIMIT_NOFILE soft to hard before starting the child",
+    )
     parser.add_argument("command", nargs="+", help="the child's command line (after --)")
     return parser.parse_args(argv)  # fmt: skip
 

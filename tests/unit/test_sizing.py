@@ -15,29 +15,30 @@ pytestmark = pytest.mark.unit
 # Each profile: stack sections, then expected values computed by hand from the formulas in
 # poolkit/sizing.py (pgtune's reasoning, work_mem over the real backend bound).
 PROFILES = {
-    # 1 GiB, 2 CPUs, web. pool 2*2+1=5, reserve ceil(5/4)=2, servers 7, max_connections 7+3+10.
+    # 1 GiB, 2 CPUs, web. pool 2*2+1=5, reserve ceil(5/4)=2, servers 7, max_connections 7+3+10
+    # = 20, rounded up to 25.
     # work_mem (1048576-262144) kB / (17*3) = 15420kB.
     "dev-web-1GiB": (
         {"postgres": {"memory": "1GiB", "cpus": 2, "workload": "web", "storage": "ssd"},
          "apps": [{"name": "a", "style": "lambda", "instances": 4},
                   {"name": "b", "style": "workers", "instances": 4}]},
-        {"postgres": {"max_connections": "20", "shared_buffers": "256MB",
+        {"postgres": {"max_connections": "25", "shared_buffers": "256MB",
                       "effective_cache_size": "768MB", "maintenance_work_mem": "64MB",
                       "work_mem": "15420kB", "wal_buffers": "7864kB", "min_wal_size": "1GB",
                       "max_wal_size": "4GB", "random_page_cost": "1.1",
                       "effective_io_concurrency": "200", "huge_pages": "off", "jit": "off"},
          "pgbouncer": {"default_pool_size": "5", "reserve_pool_size": "2",
-                       "max_db_connections": "7", "max_client_conn": "100",
+                       "max_db_connections": "7", "max_client_conn": "300",
                        "max_prepared_statements": "200"},
          "connection_limit": {"a": 1, "b": 1}},
     ),
-    # 16 GiB, 8 CPUs, oltp, nvme. pool ceil(17*1.5)=26, reserve 7, servers 33, max_conn 46.
+    # 16 GiB, 8 CPUs, oltp, nvme. pool ceil(17*1.5)=26, reserve 7, servers 33, max_conn 46 -> 50.
     # work_mem 12582912 / (43*3) / 4 workers per gather = 24385kB. Demand 1400 -> 2100 clients.
     "prod-oltp-16GiB": (
         {"postgres": {"memory": "16GiB", "cpus": 8, "workload": "oltp", "storage": "nvme"},
          "apps": [{"name": "orders", "style": "lambda", "instances": 400},
                   {"name": "edge", "style": "workers", "instances": 1000}]},
-        {"postgres": {"max_connections": "46", "shared_buffers": "4GB",
+        {"postgres": {"max_connections": "50", "shared_buffers": "4GB",
                       "effective_cache_size": "12GB", "maintenance_work_mem": "1GB",
                       "work_mem": "24385kB", "wal_buffers": "16MB", "min_wal_size": "2GB",
                       "max_wal_size": "8GB", "effective_io_concurrency": "1000",
@@ -48,12 +49,12 @@ PROFILES = {
          "connection_limit": {"orders": 1, "edge": 1}},
     ),
     # 64 GiB, 16 CPUs, dw, hdd, PgBouncer 1.18. pool ceil(33*0.5)=17, reserve 5, servers 22,
-    # max_conn 35. work_mem 50331648 / (32*3) / 8 / 2 = 32MB. No max_prepared_statements on 1.18.
+    # max_conn 35 -> 50. work_mem 50331648 / (32*3) / 8 / 2 = 32MB. No max_prepared_statements on 1.18.
     "dw-hdd-64GiB": (
         {"postgres": {"memory": "64GiB", "cpus": 16, "workload": "dw", "storage": "hdd",
                       "version": 16},
          "pgbouncer": {"version": "1.18"}},
-        {"postgres": {"max_connections": "35", "shared_buffers": "16GB",
+        {"postgres": {"max_connections": "50", "shared_buffers": "16GB",
                       "effective_cache_size": "48GB", "maintenance_work_mem": "2GB",
                       "work_mem": "32MB", "default_statistics_target": "500",
                       "random_page_cost": "4", "effective_io_concurrency": "2",
@@ -61,14 +62,14 @@ PROFILES = {
                       "max_wal_size": "16GB", "max_parallel_workers_per_gather": "8",
                       "max_parallel_maintenance_workers": "4"},
          "pgbouncer": {"default_pool_size": "17", "reserve_pool_size": "5",
-                       "max_db_connections": "22", "max_client_conn": "100"},
+                       "max_db_connections": "22", "max_client_conn": "300"},
          "connection_limit": {}},
     ),
-    # 2 GiB, 1 CPU, desktop, san. pool max(2, ceil(3*0.5)) = 2, reserve 1, servers 3, max_conn 16.
+    # 2 GiB, 1 CPU, desktop, san. pool max(2, ceil(3*0.5)) = 2, reserve 1, servers 3, max_conn 16 -> 25.
     # shared_buffers RAM/16, work_mem 1966080 / 39 / 6 = 8402kB.
     "desktop-2GiB": (
         {"postgres": {"memory": "2GiB", "cpus": 1, "workload": "desktop", "storage": "san"}},
-        {"postgres": {"max_connections": "16", "shared_buffers": "128MB",
+        {"postgres": {"max_connections": "25", "shared_buffers": "128MB",
                       "effective_cache_size": "512MB", "maintenance_work_mem": "128MB",
                       "work_mem": "8402kB", "wal_buffers": "3932kB", "min_wal_size": "100MB",
                       "max_wal_size": "2GB", "effective_io_concurrency": "300"},
@@ -90,15 +91,15 @@ PROFILES = {
          "connection_limit": {}},
     ),
     # 512 MiB, 2 CPUs, oltp, PostgreSQL 15, 3 instances: pool ceil(5*1.5)=8, so each instance may
-    # hold 8 // 3 = 2 connections. work_mem 393216 / (20*3) = 6553kB.
+    # hold 8 // 3 = 2 connections; max_conn 23 -> 25. work_mem 393216 / (20*3) = 6553kB.
     "small-oltp-512MiB": (
         {"postgres": {"memory": "512MiB", "cpus": 2, "workload": "oltp", "version": 15},
          "apps": [{"name": "api", "style": "lambda", "instances": 3}]},
-        {"postgres": {"max_connections": "23", "shared_buffers": "128MB",
+        {"postgres": {"max_connections": "25", "shared_buffers": "128MB",
                       "effective_cache_size": "384MB", "maintenance_work_mem": "32MB",
                       "work_mem": "6553kB", "min_wal_size": "2GB", "max_wal_size": "8GB"},
          "pgbouncer": {"default_pool_size": "8", "reserve_pool_size": "2",
-                       "max_db_connections": "10", "max_client_conn": "100"},
+                       "max_db_connections": "10", "max_client_conn": "300"},
          "connection_limit": {"api": 2}},
     ),
 }  # fmt: skip
@@ -215,3 +216,11 @@ def test_plan_bounds_hold_end_to_end(memory, cpus, workload, storage, instances)
     assert pool.pool_size * 1 + pool.reserve == int(result.pgbouncer_value("max_db_connections"))
     assert to_kb(result.postgres_value("work_mem")) >= 64
     assert to_kb(result.postgres_value("shared_buffers")) <= memory * 1024 // 4
+
+
+def test_small_pool_resize_keeps_max_connections() -> None:
+    """A pool resize within the rounding step is a PgBouncer RELOAD, not a Postgres restart."""
+    before = plan(stack(pgbouncer={"default_pool_size": 5}))
+    after = plan(stack(pgbouncer={"default_pool_size": 8}))
+    assert before.pool.server_connections != after.pool.server_connections
+    assert before.postgres_value("max_connections") == after.postgres_value("max_connections")

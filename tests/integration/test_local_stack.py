@@ -1,0 +1,100 @@
+"""The local runner against real servers: the shared session stack, used read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import time
+import urllib.request
+
+import psycopg
+import pytest
+
+from poolkit import console
+from tests.conftest import LocalStack
+
+pytestmark = pytest.mark.integration
+
+
+def test_env_file_is_private_and_names_every_url(local_stack: LocalStack) -> None:
+    mode = stat.S_IMODE(local_stack.env_file.stat().st_mode)
+    env = local_stack.env()
+    assert mode == 0o600
+    assert env["POOLED_DATABASE_URL"].endswith(f"@127.0.0.1:{local_stack.pgbouncer_port}/app")
+    assert env["DIRECT_URL"].endswith(f"@127.0.0.1:{local_stack.postgres_port}/app")
+    assert env["PGBOUNCER_PREPARED_STATEMENTS"] == "off"  # PgBouncer 1.18 on bookworm
+
+
+def test_smoke_passes_every_check(local_stack: LocalStack) -> None:
+    done = local_stack.poolkit("smoke", "--env-file", str(local_stack.env_file), "--json")
+    report = json.loads(done.stdout)
+    names = [check["name"] for check in report["checks"]]
+    failed = [check for check in report["checks"] if not check["ok"]]
+    assert report["ok"], failed
+    assert "pooled.burst" in names and "pooled.session_state" in names
+    print(f"smoke: {report['seconds']} s")
+
+
+def test_second_up_restarts_nothing(local_stack: LocalStack) -> None:
+    """Idempotence: same postmaster, same PgBouncer, same app supervisors, data kept."""
+    run = local_stack.state_dir / "run"
+    before = (local_stack.postmaster_pid(), local_stack.pgbouncer_pid(),
+              sorted(p.read_text() for p in run.glob("app-*.supervisor.pid")))  # fmt: skip
+    started = time.monotonic()
+    done = local_stack.poolkit("up", "--no-smoke")
+    took = time.monotonic() - started
+    after = (local_stack.postmaster_pid(), local_stack.pgbouncer_pid(),
+             sorted(p.read_text() for p in run.glob("app-*.supervisor.pid")))  # fmt: skip
+    assert "nothing to change" in done.stdout
+    assert after == before
+    print(f"warm up (no smoke): {took:.2f} s")
+
+
+def test_status_shows_running_processes_as_the_server_user(local_stack: LocalStack) -> None:
+    report = json.loads(local_stack.poolkit("status", "--json").stdout)
+    components = {c["name"]: c for c in report["components"]}
+    assert set(components) == {"postgres", "pgbouncer", "app-orders-0", "app-orders-1",
+                               "app-edge-0"}  # fmt: skip
+    for component in components.values():
+        assert component["running"] and component["listening"], component
+        assert component["user"] == local_stack.server_user
+    assert components["pgbouncer"]["port"] == local_stack.pgbouncer_port
+    assert [p["database"] for p in report["pools"]] == ["app"]
+    assert all("***@" in url for url in report["urls"].values())
+
+
+def test_sample_apps_answer_over_http(local_stack: LocalStack) -> None:
+    for port in local_stack.app_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/items", timeout=10) as response:
+            assert response.status == 200
+            assert "items" in json.loads(response.read())
+
+
+def test_pgbouncer_is_back_within_two_seconds_after_sigkill(local_stack: LocalStack) -> None:
+    old = local_stack.pgbouncer_pid()
+    os.kill(old, signal.SIGKILL)
+    started = time.monotonic()
+    back = None
+    while time.monotonic() - started < 5:
+        try:
+            with psycopg.connect(local_stack.env()["POOLED_DATABASE_URL"], connect_timeout=1,
+                                 prepare_threshold=None) as conn:  # fmt: skip
+                conn.execute("SELECT 1")
+            back = time.monotonic() - started
+            break
+        except psycopg.OperationalError:
+            time.sleep(0.02)
+    assert back is not None and back < 2.0, f"PgBouncer not back after {back} s"
+    assert local_stack.pgbouncer_pid() != old
+    print(f"PgBouncer serving again {back:.2f} s after SIGKILL")
+
+
+def test_servers_listen_on_loopback_only(local_stack: LocalStack) -> None:
+    for port in (local_stack.postgres_port, local_stack.pgbouncer_port):
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        stats = local_stack.env()["PGBOUNCER_STATS_URL"]
+        assert console.config(stats)["listen_addr"] == "127.0.0.1"
