@@ -42,6 +42,8 @@ WAL_SIZES = {  # pgtune's min_wal_size / max_wal_size per workload, in kB
     "desktop": (100 * MIB // KIB, 2 * GIB // KIB),
 }
 IO_CONCURRENCY = {"hdd": 2, "ssd": 200, "san": 300, "nvme": 1000}
+PAGE_KB = 8
+"""PostgreSQL counts shared_buffers, effective_cache_size and wal_buffers in 8kB pages."""
 
 
 @dataclass(frozen=True)
@@ -261,15 +263,20 @@ def _pgbouncer_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ..
 # --- Postgres tuning ---------------------------------------------------------------------------
 
 
+def _whole_pages(kilobytes: int) -> int:
+    """Round down to whole 8kB pages, or the server rounds the value itself."""
+    return kilobytes - kilobytes % PAGE_KB
+
+
 def _postgres_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...]:
     pg = stack.postgres
     mem_kb = pg.memory_bytes // KIB
     desktop = pg.workload == "desktop"
-    shared_kb = mem_kb // 16 if desktop else mem_kb // 4
-    cache_kb = mem_kb // 4 if desktop else mem_kb * 3 // 4
+    shared_kb = _whole_pages(mem_kb // 16 if desktop else mem_kb // 4)
+    cache_kb = _whole_pages(mem_kb // 4 if desktop else mem_kb * 3 // 4)
     maintenance_kb = min(mem_kb // (8 if pg.workload == "dw" else 16), 2 * GIB // KIB)
     wal_kb = shared_kb * 3 // 100
-    wal_kb = 16 * 1024 if wal_kb > 14 * 1024 else max(32, wal_kb)
+    wal_kb = 16 * 1024 if wal_kb > 14 * 1024 else max(32, _whole_pages(wal_kb))
     parallel = pg.cpus >= 4
     per_gather = math.ceil(pg.cpus / 2) if parallel else 1
     if pg.workload != "dw":
@@ -307,7 +314,7 @@ def _postgres_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...
                 f"{query_backends} is the real bound PgBouncer enforces plus the direct-URL "
                 "headroom, not max_connections"),
         Setting("wal_buffers", format_kb(wal_kb),
-                "pgtune: 3% of shared_buffers, between 32kB and 16MB"),
+                "pgtune: 3% of shared_buffers, between 32kB and 16MB, in whole 8kB pages"),
         Setting("min_wal_size", format_kb(min_wal),
                 f"pgtune's value for a {pg.workload} workload"),
         Setting("max_wal_size", format_kb(max_wal),

@@ -66,12 +66,13 @@ PROFILES = {
          "connection_limit": {}},
     ),
     # 2 GiB, 1 CPU, desktop, san. pool max(2, ceil(3*0.5)) = 2, reserve 1, servers 3, max_conn 16 -> 25.
-    # shared_buffers RAM/16, work_mem 1966080 / 39 / 6 = 8402kB.
+    # shared_buffers RAM/16, work_mem 1966080 / 39 / 6 = 8402kB; wal_buffers 3% = 3932kB, in
+    # whole 8kB pages 3928kB.
     "desktop-2GiB": (
         {"postgres": {"memory": "2GiB", "cpus": 1, "workload": "desktop", "storage": "san"}},
         {"postgres": {"max_connections": "25", "shared_buffers": "128MB",
                       "effective_cache_size": "512MB", "maintenance_work_mem": "128MB",
-                      "work_mem": "8402kB", "wal_buffers": "3932kB", "min_wal_size": "100MB",
+                      "work_mem": "8402kB", "wal_buffers": "3928kB", "min_wal_size": "100MB",
                       "max_wal_size": "2GB", "effective_io_concurrency": "300"},
          "pgbouncer": {"default_pool_size": "2", "reserve_pool_size": "1",
                        "max_db_connections": "3"},
@@ -224,3 +225,12 @@ def test_small_pool_resize_keeps_max_connections() -> None:
     after = plan(stack(pgbouncer={"default_pool_size": 8}))
     assert before.pool.server_connections != after.pool.server_connections
     assert before.postgres_value("max_connections") == after.postgres_value("max_connections")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=256 * 1024, max_value=64 * 1024 * 1024), WORKLOADS)
+def test_page_counted_settings_are_whole_pages(memory_kb: int, workload: str) -> None:
+    """The server would round these itself, and then run with a value the plan does not show."""
+    result = plan(stack(postgres={"memory": f"{memory_kb}kB", "workload": workload}))
+    for name in ("shared_buffers", "effective_cache_size", "wal_buffers"):
+        assert to_kb(result.postgres_value(name)) % 8 == 0, name
