@@ -32,7 +32,8 @@ PROFILES = {
                        "max_prepared_statements": "200"},
          "connection_limit": {"a": 1, "b": 1}},
     ),
-    # 16 GiB, 8 CPUs, oltp, nvme. pool ceil(17*1.5)=26, reserve 7, servers 33, max_conn 46 -> 50.
+    # 16 GiB, 8 CPUs, oltp, nvme. pool ceil(17*1.5)=26, reserve 7, servers 33,
+    # max_conn 46 -> 50.
     # work_mem 12582912 / (43*3) / 4 workers per gather = 24385kB. Demand 1400 -> 2100 clients.
     "prod-oltp-16GiB": (
         {"postgres": {"memory": "16GiB", "cpus": 8, "workload": "oltp", "storage": "nvme"},
@@ -49,7 +50,8 @@ PROFILES = {
          "connection_limit": {"orders": 1, "edge": 1}},
     ),
     # 64 GiB, 16 CPUs, dw, hdd, PgBouncer 1.18. pool ceil(33*0.5)=17, reserve 5, servers 22,
-    # max_conn 35 -> 50. work_mem 50331648 / (32*3) / 8 / 2 = 32MB. No max_prepared_statements on 1.18.
+    # max_conn 35 -> 50. work_mem 50331648 / (32*3) / 8 / 2 = 32MB.
+    # No max_prepared_statements on 1.18.
     "dw-hdd-64GiB": (
         {"postgres": {"memory": "64GiB", "cpus": 16, "workload": "dw", "storage": "hdd",
                       "version": 16},
@@ -65,7 +67,8 @@ PROFILES = {
                        "max_db_connections": "22", "max_client_conn": "300"},
          "connection_limit": {}},
     ),
-    # 2 GiB, 1 CPU, desktop, san. pool max(2, ceil(3*0.5)) = 2, reserve 1, servers 3, max_conn 16 -> 25.
+    # 2 GiB, 1 CPU, desktop, san. pool max(2, ceil(3*0.5)) = 2, reserve 1, servers 3,
+    # max_conn 16 -> 25.
     # shared_buffers RAM/16, work_mem 1966080 / 39 / 6 = 8402kB; wal_buffers 3% = 3932kB, in
     # whole 8kB pages 3928kB.
     "desktop-2GiB": (
