@@ -1,254 +1,179 @@
-"""A real PostgreSQL 15 + PgBouncer 1.18 pair (transaction mode, SCRAM) and the apps' HTTP adapter.
+"""The sample apps on stacks the project's local runner brought up, and their HTTP adapter.
 
-Self-contained on purpose: it stands in for the project's local runner until that exists,
-and will be replaced by the runner's fixture. Servers run as the ``postgres`` OS user
-(``runuser -u postgres --``) in a temp dir on free 127.0.0.1 ports; passwords reach them
-as SCRAM verifiers only (``poolkit.scram``), never in argv or plaintext files.
+- ``stack``: the session's shared stack (``local_stack`` from ``tests/conftest.py``). Tests use
+  it read-only: they start their own adapter processes against it and never stop its servers.
+  Its own sample apps also connect as the app role, so a test finds its adapter's PgBouncer
+  clients by ``application_name`` (``AppProcess.name``, passed as ``PGAPPNAME``).
+- ``own_stack``: a stack of this module's own, without sample apps, for the tests that stop
+  its PgBouncer or drop its table.
+
+An adapter gets the stack's ``.env`` as its environment, as the runner's supervisor gives it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
-from urllib.parse import quote
+from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
-from poolkit import scram
+from poolkit import secrets as stack_secrets
+from tests.conftest import (
+    REPO_ROOT,
+    LocalStack,
+    free_ports,
+    start_local_stack,
+    stop_local_stack,
+)
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PGBOUNCER = Path("/usr/sbin/pgbouncer")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DBNAME = "appdb"
-APP_USER, MIGRATOR, STATS_USER = "app", "migrator", "pgb_stats"
-POOL_SIZE = 4
+ADAPTER_START_S = 15.0
+PGBOUNCER_BACK_S = 10.0
+
+OFFLINE_ENV = {
+    "POOLED_DATABASE_URL": "postgresql://app:unused@127.0.0.1:1/app",
+    "POOL_CONNECTION_LIMIT": "1",
+    "PGBOUNCER_PREPARED_STATEMENTS": "off",
+}
+"""Valid settings naming a port where nothing listens: for tests that need no server."""
 
 
-def new_password() -> str:
-    """A random password with the characters URLs must escape."""
-    return f"pw@:/%?#{secrets.token_urlsafe(12)}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 20 ms; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"process exited before listening on port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout:g} s")
+        time.sleep(0.02)
 
 
-def url(user: str, password: str, port: int, dbname: str) -> str:
-    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
-    return f"postgresql://{credentials}@127.0.0.1:{port}/{dbname}"
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
-def as_postgres(*argv: str | Path, cwd: Path) -> None:
-    """Run a command as the unprivileged ``postgres`` OS user; fail with its output."""
-    cmd = ["runuser", "-u", "postgres", "--", *map(str, argv)]
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+@dataclass(frozen=True)
+class AppStack:
+    """A local stack as the sample apps and their tests see it: its ``.env`` and PgBouncer."""
 
+    local: LocalStack
+    env: Mapping[str, str] = field(repr=False)
 
-def write_private(path: Path, text: str) -> None:
-    """A 0600 file owned by ``postgres``."""
-    path.write_text(text)
-    path.chmod(0o600)
-    shutil.chown(path, "postgres", "postgres")
-
-
-@dataclass
-class PgBouncer:
-    """One PgBouncer process in the foreground under runuser; stop/start to restart it."""
-
-    root: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with (self.root / "pgbouncer.out").open("ab") as log:
-            argv = ["runuser", "-u", "postgres", "--", str(PGBOUNCER), "pgbouncer.ini"]
-            self.proc = subprocess.Popen(argv, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, 10, lambda: self.proc is not None and self.proc.poll() is None)
-
-    def stop(self) -> None:
-        """Immediate shutdown (SIGTERM on 1.18): clients see their connections drop."""
-        if self.proc is None:
-            return
-        pid = int((self.root / "pgbouncer.pid").read_text())
-        os.kill(pid, signal.SIGTERM)  # pgbouncer itself, started by us; runuser then exits
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-
-@dataclass
-class Cluster:
-    """A running Postgres + PgBouncer pair and the credentials to reach it."""
-
-    root: Path
-    pg_port: int
-    bouncer: PgBouncer
-    passwords: dict[str, str] = field(repr=False)
-    app_user: ClassVar[str] = APP_USER
-    migrator: ClassVar[str] = MIGRATOR
-    pool_size: ClassVar[int] = POOL_SIZE
+    @classmethod
+    def of(cls, local: LocalStack) -> AppStack:
+        return cls(local, local.env())
 
     @property
     def pooled_url(self) -> str:
-        return self.pooled_url_with(self.passwords[APP_USER])
-
-    def pooled_url_with(self, password: str) -> str:
-        """The app's pooled URL with another password (for failure tests)."""
-        return url(APP_USER, password, self.bouncer.port, DBNAME)
+        return self.env["POOLED_DATABASE_URL"]
 
     @property
     def direct_url(self) -> str:
-        return url(MIGRATOR, self.passwords[MIGRATOR], self.pg_port, DBNAME)
+        return self.env["DIRECT_URL"]
 
     @property
-    def superuser_url(self) -> str:
-        return url("postgres", self.passwords["postgres"], self.pg_port, DBNAME)
+    def app_user(self) -> str:
+        return str(conninfo_to_dict(self.pooled_url)["user"])
 
     @property
-    def stats_url(self) -> str:
-        return url(STATS_USER, self.passwords[STATS_USER], self.bouncer.port, "pgbouncer")
+    def migrator(self) -> str:
+        return str(conninfo_to_dict(self.direct_url)["user"])
 
-    def app_env(self, *, limit: int, prepared: str = "off") -> dict[str, str]:
-        """The variables poolkit's .env gives an app."""
-        return {
-            "POOLED_DATABASE_URL": self.pooled_url,
-            "DIRECT_URL": self.direct_url,
-            "POOL_CONNECTION_LIMIT": str(limit),
-            "PGBOUNCER_PREPARED_STATEMENTS": prepared,
-        }
+    def app_env(self, *, limit: int | None = None, prepared: str | None = None) -> dict[str, str]:
+        """The stack's ``.env``, optionally with another connection limit or prepared setting."""
+        env = dict(self.env)
+        if limit is not None:
+            env["POOL_CONNECTION_LIMIT"] = str(limit)
+        if prepared is not None:
+            env["PGBOUNCER_PREPARED_STATEMENTS"] = prepared
+        return env
+
+    def passwords(self) -> list[str]:
+        """Every password of the stack (superuser, migrator, app, PgBouncer console users)."""
+        saved = stack_secrets.load(self.local.state_dir / "secrets.json")
+        assert saved is not None, "the stack has no secrets.json"
+        return [getattr(saved, f.name).password for f in fields(saved)]
 
     def console(self, command: str) -> list[dict[str, Any]]:
         """Run a SHOW command on the PgBouncer console as the stats user."""
-        with psycopg.connect(self.stats_url, autocommit=True, prepare_threshold=None) as conn:
+        stats = self.env["PGBOUNCER_STATS_URL"]
+        with psycopg.connect(stats, autocommit=True, prepare_threshold=None) as conn:
             cur = conn.execute(command)
             names = [col.name for col in cur.description or ()]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-    def app_clients(self) -> list[dict[str, Any]]:
-        """PgBouncer's client connections of the app role to the app database."""
-        return [
-            c for c in self.console("SHOW CLIENTS")
-            if c["user"] == APP_USER and c["database"] == DBNAME
-        ]
+    @property
+    def pool_size(self) -> int:
+        """PgBouncer's running ``default_pool_size``."""
+        config = {row["key"]: row["value"] for row in self.console("SHOW CONFIG")}
+        return int(config["default_pool_size"])
 
+    def clients_of(self, app: AppProcess) -> list[dict[str, Any]]:
+        """PgBouncer's client connections opened by one adapter process."""
+        return [c for c in self.console("SHOW CLIENTS") if c["application_name"] == app.name]
 
-def _start_postgres(root: Path, port: int, superuser_password: str) -> None:
-    data = root / "data"
-    write_private(root / "pwfile", superuser_password + "\n")
-    try:
-        as_postgres(
-            PG_BIN / "initdb", "-D", data, "-U", "postgres", "--pwfile", root / "pwfile",
-            "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-            "-E", "UTF8", "--locale=C", "--no-sync", cwd=root,
-        )
-    finally:
-        (root / "pwfile").unlink()
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.write(
-            f"\nport = {port}\nlisten_addresses = '127.0.0.1'\n"
-            f"unix_socket_directories = '{root}'\nmax_connections = 30\n"
-            "password_encryption = 'scram-sha-256'\nfsync = off\nsynchronous_commit = off\n"
-        )
-    as_postgres(PG_BIN / "pg_ctl", "-D", data, "-l", root / "postgres.log", "-w", "start", cwd=root)
+    @contextlib.contextmanager
+    def pgbouncer_down(self) -> Iterator[None]:
+        """PgBouncer dies and stays down for the block; then its supervisor restarts it.
 
-
-def _create_roles(cluster: Cluster, verifiers: dict[str, str]) -> None:
-    admin = url("postgres", cluster.passwords["postgres"], cluster.pg_port, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for role in (APP_USER, MIGRATOR):
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(verifiers[role])))
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-            sql.Identifier(DBNAME), sql.Identifier(MIGRATOR)))
-
-
-def _write_pgbouncer_config(root: Path, pg_port: int, port: int, verifiers: dict[str, str]) -> None:
-    userlist = "".join(f'"{user}" "{verifier}"\n' for user, verifier in sorted(verifiers.items()))
-    write_private(root / "userlist.txt", userlist)
-    write_private(root / "pgbouncer.ini", f"""\
-[databases]
-{DBNAME} = host=127.0.0.1 port={pg_port} dbname={DBNAME}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {root}/userlist.txt
-stats_users = {STATS_USER}
-pool_mode = transaction
-default_pool_size = {POOL_SIZE}
-max_client_conn = 200
-pidfile = {root}/pgbouncer.pid
-logfile = {root}/pgbouncer.log
-""")
+        The supervisor is held with SIGSTOP while PgBouncer gets SIGTERM (an immediate
+        shutdown on 1.18: clients see their connections drop), so the outage is certain to
+        last the block instead of the supervisor's ~0.2 s; SIGCONT lets it restart PgBouncer.
+        Uses in quick succession may count towards the supervisor's crash-loop limit (5 in 10 s).
+        """
+        port = self.local.pgbouncer_port
+        run = self.local.state_dir / "run"
+        supervisor = int((run / "pgbouncer.supervisor.pid").read_text().strip())
+        old = self.local.pgbouncer_pid()
+        os.kill(supervisor, signal.SIGSTOP)
+        try:
+            os.kill(old, signal.SIGTERM)
+            wait_until(lambda: not listening(port), 10, "PgBouncer stopping")
+            yield
+        finally:
+            os.kill(supervisor, signal.SIGCONT)
+        wait_until(lambda: (run / "pgbouncer.pid").exists() and listening(port)
+                   and self.local.pgbouncer_pid() != old,
+                   PGBOUNCER_BACK_S, "PgBouncer restarted by its supervisor")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    """Postgres 15 + PgBouncer 1.18 in transaction mode with SCRAM auth, for the session."""
-    for binary in (PG_BIN / "initdb", PGBOUNCER):
-        if not binary.exists():
-            pytest.fail(f"{binary} is missing: apt-get install -y postgresql pgbouncer")
-    root = Path(tempfile.mkdtemp(prefix="poolkit-apps-"))
-    shutil.chown(root, "postgres", "postgres")
-    passwords = {u: new_password() for u in ("postgres", APP_USER, MIGRATOR, STATS_USER)}
-    verifiers = {u: scram.verifier(p, os.urandom(scram.SALT_BYTES)) for u, p in passwords.items()}
-    pg_port, bouncer_port = free_port(), free_port()
-    bouncer = PgBouncer(root, bouncer_port)
-    cluster = Cluster(root, pg_port, bouncer, passwords)
+def stack(local_stack: LocalStack) -> AppStack:
+    """The session's shared stack: start adapters against it, never stop its servers."""
+    return AppStack.of(local_stack)
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[AppStack]:
+    """A stack for this module alone (no sample apps): tests may stop its PgBouncer."""
+    local = start_local_stack("poolkit-apps-", "apps", with_apps=False)
     try:
-        _start_postgres(root, pg_port, passwords["postgres"])
-        _create_roles(cluster, verifiers)
-        _write_pgbouncer_config(
-            root, pg_port, bouncer_port,
-            {u: verifiers[u] for u in (APP_USER, MIGRATOR, STATS_USER)},
-        )
-        bouncer.start()
-        yield cluster
+        yield AppStack.of(local)
     finally:
-        bouncer.stop()
-        if (root / "data" / "postmaster.pid").exists():
-            as_postgres(PG_BIN / "pg_ctl", "-D", root / "data", "-m", "fast", "-w", "stop",
-                        cwd=root)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_local_stack(local)
 
 
 @dataclass
 class AppProcess:
-    """A running ``python -m apps.http_adapter``."""
+    """A running ``python -m apps.http_adapter``; ``name`` is its ``application_name``."""
 
+    name: str
     style: str
     port: int
     proc: subprocess.Popen[bytes]
@@ -280,27 +205,35 @@ StartApp = Callable[..., AppProcess]
 
 
 @pytest.fixture
-def start_app(cluster: Cluster, tmp_path: Path) -> Iterator[StartApp]:
-    """Start the HTTP adapter for a style with the cluster's .env variables; stop at teardown."""
+def start_app(tmp_path: Path) -> Iterator[StartApp]:
+    """Start the HTTP adapter for a style with the given environment; stop it at teardown.
+
+    ``start(style, env, migrate=True)``: ``env`` is a stack's ``app_env()`` (or
+    ``OFFLINE_ENV`` when the test needs no server); ``PGAPPNAME`` names the process.
+    """
     started: list[AppProcess] = []
 
-    def start(style: str, *, limit: int = 1, migrate: bool = True,
-              env: dict[str, str] | None = None) -> AppProcess:
-        port = free_port()
+    def start(style: str, env: Mapping[str, str], *, migrate: bool = True) -> AppProcess:
+        port = free_ports(1)
+        name = f"apps-test-{style}-{uuid.uuid4().hex[:8]}"
         base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        full_env = {**base, **cluster.app_env(limit=limit), **(env or {})}
+        full_env = {**base, **env, "PGAPPNAME": name}
         argv = [sys.executable, "-m", "apps.http_adapter", "--style", style,
-                "--host", "127.0.0.1", "--port", str(port)]
-        log_path = tmp_path / f"{style}-{port}.log"
+                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        log_path = tmp_path / f"{name}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(argv + (["--migrate"] if migrate else []), cwd=REPO_ROOT,
-                                    env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        app = AppProcess(style, port, proc, log_path)
+                                    env=full_env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        app = AppProcess(name, style, port, proc, log_path)
         started.append(app)
-        try:
-            wait_for_port(port, 15, lambda: proc.poll() is None)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}\n{app.log()}") from exc
+        deadline = time.monotonic() + ADAPTER_START_S
+        while not listening(port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the adapter exited with {proc.returncode}:\n{app.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the adapter is not listening after {ADAPTER_START_S:g} s"
+                                   f":\n{app.log()}")  # fmt: skip
+            time.sleep(0.05)
         return app
 
     yield start

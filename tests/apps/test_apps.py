@@ -1,4 +1,8 @@
-"""The sample apps against real Postgres 15 + PgBouncer 1.18 (transaction mode, SCRAM)."""
+"""The sample apps through the project's local runner: Postgres 15 + PgBouncer 1.18 (SCRAM).
+
+``integration`` tests run the HTTP adapter against a stack the runner brought up (see
+``conftest.py``); ``unit`` tests need no server (settings checks, requests refused early).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,14 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from apps import db
+from poolkit.urls import postgres_url
+from tests.apps.conftest import OFFLINE_ENV, AppProcess, AppStack
 
-pytestmark = pytest.mark.integration
+integration = pytest.mark.integration
+unit = pytest.mark.unit
 
 STYLES = ("lambda", "workers")
 
@@ -23,19 +31,22 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def wait_for_app_clients(cluster: Any, count: int, timeout: float = 3.0) -> list[Any]:
+def wait_for_clients(
+    stack: AppStack, app: AppProcess, count: int, timeout: float = 3.0
+) -> list[dict[str, Any]]:
     """PgBouncer handles a client's Terminate asynchronously: poll briefly for ``count``."""
     deadline = time.monotonic() + timeout
     while True:
-        clients = cluster.app_clients()
+        clients = stack.clients_of(app)
         if len(clients) == count or time.monotonic() > deadline:
             return clients
         time.sleep(0.05)
 
 
+@integration
 @pytest.mark.parametrize("style", STYLES)
-def test_style_creates_and_lists_items_through_pgbouncer(start_app, style: str) -> None:
-    app = start_app(style)
+def test_style_creates_and_lists_items_through_pgbouncer(stack, start_app, style: str) -> None:
+    app = start_app(style, stack.app_env())
     name = unique(style)
 
     assert app.request("GET", "/healthz") == (200, {"ok": True, "db": 1})
@@ -48,20 +59,27 @@ def test_style_creates_and_lists_items_through_pgbouncer(start_app, style: str) 
     assert len(listed["items"]) <= db.ITEMS_PAGE
 
 
-def test_migration_runs_over_direct_url_as_the_owner(cluster, start_app) -> None:
-    start_app("workers")
-    with psycopg.connect(cluster.superuser_url) as conn:
+@integration
+def test_migration_runs_over_direct_url_as_the_owner(own_stack, start_app) -> None:
+    """The table is dropped first, so the adapter's own ``--migrate`` is what creates it."""
+    with psycopg.connect(own_stack.direct_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS items")
+    start_app("workers", own_stack.app_env())
+    with psycopg.connect(own_stack.direct_url) as conn:
         owner = conn.execute(
             "SELECT tableowner FROM pg_tables WHERE tablename = 'items'"
         ).fetchone()
         app_can = conn.execute(
-            "SELECT has_table_privilege(%s, 'items', 'INSERT'),"
-            " has_table_privilege(%s, 'items', 'DELETE')", (cluster.app_user, cluster.app_user)
+            "SELECT has_table_privilege(%(r)s, 'items', 'SELECT'),"
+            " has_table_privilege(%(r)s, 'items', 'INSERT'),"
+            " has_sequence_privilege(%(r)s, 'items_id_seq', 'USAGE')",
+            {"r": own_stack.app_user},
         ).fetchone()
-    assert owner == (cluster.migrator,)
-    assert app_can == (True, False)
+    assert owner == (own_stack.migrator,)
+    assert app_can == (True, True, True)
 
 
+@unit
 @pytest.mark.parametrize(
     ("method", "path", "body", "status"),
     [
@@ -78,43 +96,44 @@ def test_migration_runs_over_direct_url_as_the_owner(cluster, start_app) -> None
 def test_bad_requests_get_client_errors(
     start_app, method: str, path: str, body: Any, status: int
 ) -> None:
-    app = start_app("lambda", migrate=False)
+    """Refused before any database work: the adapter's settings name a port nobody serves."""
+    app = start_app("lambda", OFFLINE_ENV, migrate=False)
     got, payload = app.request(method, path, body)
     assert got == status
     assert set(payload) == {"error"}
 
 
-def test_lambda_style_keeps_one_client_connection_across_20_requests(
-    cluster, start_app
-) -> None:
-    app = start_app("lambda")
+@integration
+def test_lambda_style_keeps_one_client_connection_across_20_requests(stack, start_app) -> None:
+    app = start_app("lambda", stack.app_env())
     seen = set()
     for i in range(20):
         method, body = ("POST", {"name": unique("warm")}) if i % 2 else ("GET", None)
         status, _ = app.request(method, "/items", body)
         assert status in (200, 201)
-        clients = cluster.app_clients()
+        clients = stack.clients_of(app)
         assert len(clients) == 1, clients
         seen.add((clients[0]["addr"], clients[0]["port"], clients[0]["connect_time"]))
     assert len(seen) == 1, f"the kept connection changed: {seen}"
 
 
-def test_workers_style_has_no_client_connection_between_requests(
-    cluster, start_app
-) -> None:
-    app = start_app("workers", limit=5)
+@integration
+def test_workers_style_has_no_client_connection_between_requests(stack, start_app) -> None:
+    app = start_app("workers", stack.app_env(limit=5))
     for i in range(10):
         method, body = ("POST", {"name": unique("fresh")}) if i % 2 else ("GET", None)
         status, _ = app.request(method, "/items", body)
         assert status in (200, 201)
-        assert wait_for_app_clients(cluster, 0) == []
+        assert wait_for_clients(stack, app, 0) == []
 
 
+@integration
 @pytest.mark.parametrize(("style", "limit"), [("lambda", 1), ("workers", 10)])
 def test_50_concurrent_requests_all_succeed_with_prepared_statements_off(
-    cluster, start_app, style: str, limit: int
+    stack, start_app, style: str, limit: int
 ) -> None:
-    app = start_app(style, limit=limit)
+    assert stack.env["PGBOUNCER_PREPARED_STATEMENTS"] == "off"
+    app = start_app(style, stack.app_env(limit=limit))
     names = [unique(f"burst-{style}") for _ in range(50)]
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(lambda n: app.request("POST", "/items", {"name": n}), names))
@@ -123,7 +142,7 @@ def test_50_concurrent_requests_all_succeed_with_prepared_statements_off(
     assert [body["item"]["name"] for _, body in results] == names  # nobody got another's row
     assert len({body["item"]["id"] for _, body in results}) == 50
     expected_clients = 1 if style == "lambda" else 0
-    assert len(wait_for_app_clients(cluster, expected_clients)) == expected_clients
+    assert len(wait_for_clients(stack, app, expected_clients)) == expected_clients
 
 
 def _mixed_clients(settings: db.Settings, clients: int, rounds: int) -> tuple[int, int]:
@@ -151,97 +170,100 @@ def _mixed_clients(settings: db.Settings, clients: int, rounds: int) -> tuple[in
     return errors, wrong
 
 
+@integration
 @pytest.mark.parametrize("prepared", ["on", "off"])
-def test_prepared_statement_setting_decides_safety_on_pgbouncer_118(
-    cluster, prepared: str
-) -> None:
+def test_prepared_statement_setting_decides_safety_on_pgbouncer_118(stack, prepared: str) -> None:
     """The hazard is real, not assumed: psycopg's default prepares break on 1.18; off fixes it."""
-    settings = db.load_settings(cluster.app_env(limit=1, prepared=prepared))
-    errors, wrong = _mixed_clients(settings, clients=cluster.pool_size * 2, rounds=20)
+    assert stack.env["PGBOUNCER_PREPARED_STATEMENTS"] == "off", "the stack's PgBouncer is >= 1.21"
+    settings = db.load_settings(stack.app_env(prepared=prepared))
+    errors, wrong = _mixed_clients(settings, clients=stack.pool_size * 2, rounds=20)
     if prepared == "on":
         assert errors + wrong > 0, "expected _pg3_N prepared-statement failures on PgBouncer 1.18"
     else:
         assert (errors, wrong) == (0, 0)
 
 
+@integration
 @pytest.mark.parametrize("style", STYLES)
-def test_app_recovers_after_pgbouncer_restart(
-    cluster, start_app, style: str
-) -> None:
-    app = start_app(style)
+def test_app_recovers_after_pgbouncer_restart(own_stack, start_app, style: str) -> None:
+    """PgBouncer dies, its supervisor brings it back; the app answers 503, then recovers."""
+    app = start_app(style, own_stack.app_env())
     assert app.request("GET", "/healthz")[0] == 200
-    before = cluster.app_clients()
+    before = wait_for_clients(own_stack, app, 1 if style == "lambda" else 0)
 
-    cluster.bouncer.stop()
-    try:
+    with own_stack.pgbouncer_down():
         status, body = app.request("GET", "/items")
         assert (status, body) == (503, {"error": "database unavailable"})
-    finally:
-        cluster.bouncer.start()
 
     status, body = app.request("POST", "/items", {"name": unique("after-restart")})
     assert status == 201, body
     if style == "lambda":
-        after = cluster.app_clients()
+        after = own_stack.clients_of(app)
         assert len(before) == len(after) == 1
         assert after[0]["connect_time"] != before[0]["connect_time"] or (
             after[0]["port"] != before[0]["port"]
         )
         assert "reconnecting" in app.log()
+    else:
+        assert before == wait_for_clients(own_stack, app, 0) == []
 
 
-def test_errors_carry_no_password_or_url(cluster, start_app) -> None:
+@integration
+def test_errors_carry_no_password_or_url(own_stack, start_app) -> None:
     wrong_password = "wrong@:/%?#" + uuid.uuid4().hex
-    bad_url = cluster.pooled_url_with(wrong_password)
-    app = start_app("workers", migrate=False, env={"POOLED_DATABASE_URL": bad_url})
-    lambda_app = start_app("lambda", migrate=False)
+    pooled = conninfo_to_dict(own_stack.pooled_url)
+    bad_url = postgres_url(str(pooled["user"]), wrong_password, str(pooled["host"]),
+                           int(str(pooled["port"])), str(pooled["dbname"]))  # fmt: skip
+    app = start_app("workers", {**own_stack.app_env(), "POOLED_DATABASE_URL": bad_url},
+                    migrate=False)  # fmt: skip
+    lambda_app = start_app("lambda", own_stack.app_env(), migrate=False)
 
     responses = [app.request("GET", "/items"), app.request("POST", "/items", {"name": "x"})]
-    cluster.bouncer.stop()
-    try:
+    with own_stack.pgbouncer_down():
         responses.append(lambda_app.request("GET", "/healthz"))
-    finally:
-        cluster.bouncer.start()
 
     assert [status for status, _ in responses] == [503, 503, 503]
-    passwords = [wrong_password, *cluster.passwords.values()]
-    secrets = [*passwords, *(quote(p, safe="") for p in passwords),
-               bad_url, cluster.pooled_url, cluster.direct_url, "postgresql://"]
+    passwords = [wrong_password, *own_stack.passwords()]
+    urls = [value for key, value in own_stack.env.items() if key.endswith("_URL")]
+    secrets = [*passwords, *(quote(p, safe="") for p in passwords), bad_url, *urls,
+               "postgresql://"]  # fmt: skip
     text = repr(responses) + app.log() + lambda_app.log()
     for secret in secrets:
         assert secret not in text
     assert "authentication failed" in app.log()  # the cause is still logged
 
 
-def test_sigterm_stops_the_adapter_and_closes_its_connection(
-    cluster, start_app
-) -> None:
-    app = start_app("lambda")
+@integration
+def test_sigterm_stops_the_adapter_and_closes_its_connection(stack, start_app) -> None:
+    app = start_app("lambda", stack.app_env())
     assert app.request("GET", "/healthz")[0] == 200
-    assert len(cluster.app_clients()) == 1
+    assert len(stack.clients_of(app)) == 1
 
     assert app.stop() == 0
     assert "stopped" in app.log()
-    assert wait_for_app_clients(cluster, 0) == []
+    assert wait_for_clients(stack, app, 0) == []
 
 
-def test_missing_setting_is_named(cluster, start_app) -> None:
+@unit
+def test_missing_setting_is_named(start_app) -> None:
     with pytest.raises(RuntimeError, match="exited") as failure:
-        start_app("workers", env={"POOL_CONNECTION_LIMIT": ""})
+        start_app("workers", {**OFFLINE_ENV, "POOL_CONNECTION_LIMIT": ""})
     assert "POOL_CONNECTION_LIMIT is not set" in str(failure.value)
 
 
+@unit
 def test_malformed_url_fails_at_startup_without_leaking_password(start_app) -> None:
     """libpq quotes the offending token, here inside the password: the log must not."""
     password = "se%zz" + uuid.uuid4().hex
     bad_url = f"postgresql://app:{password}@127.0.0.1:1/appdb"
     with pytest.raises(RuntimeError, match="exited") as failure:
-        start_app("lambda", env={"POOLED_DATABASE_URL": bad_url})
+        start_app("lambda", {**OFFLINE_ENV, "POOLED_DATABASE_URL": bad_url})
     message = str(failure.value)
     assert "POOLED_DATABASE_URL is not a valid libpq URL" in message
     assert password not in message
 
 
+@unit
 def test_settings_refuse_prisma_url() -> None:
     env = {"POOLED_DATABASE_URL": "postgresql://u@h/db?pgbouncer=true&connection_limit=1",
            "POOL_CONNECTION_LIMIT": "1", "PGBOUNCER_PREPARED_STATEMENTS": "off"}
@@ -249,6 +271,7 @@ def test_settings_refuse_prisma_url() -> None:
         db.load_settings(env)
 
 
+@unit
 def test_connect_kwargs_follow_prepared_statement_setting() -> None:
     base = db.Settings("postgresql://u@h/db", 1, prepared_statements=False)
     assert db.connect_kwargs(base)["prepare_threshold"] is None
