@@ -1,8 +1,9 @@
-"""Test-only Pulumi mocks that apply ``pulumi_docker`` resources to the local Docker engine.
+"""Test-only Pulumi mocks that apply a program's resources to the local Docker engine.
 
 Where the Pulumi CLI cannot run, ``DockerEngineMocks`` lets the real program run under
 ``pulumi.runtime.set_mocks(..., preview=False)`` while every registered docker resource is
 created for real through the ``docker`` SDK, so tests can connect to what the program built.
+``pulumi_random`` values are generated here, locally, as that provider generates them.
 
 Emulated, following the provider's documented semantics (inputs arrive camelCase, numbers
 as floats, secrets wrapped; all three are handled here):
@@ -19,6 +20,16 @@ as floats, secrets wrapped; all three are handled here):
   (file, content, permissions, owner, group; copied in before start; owner/group names are
   resolved on this host, as the provider does, so pass numeric ids), healthcheck (tests,
   interval, timeout, retries, startPeriod), restart, labels, user, wait, waitTimeout, mustRun.
+- ``random:index/randomPassword:RandomPassword``: length, upper, lower, numeric (and the
+  deprecated number), special, overrideSpecial, minUpper, minLower, minNumeric, minSpecial,
+  keepers. ``result`` is generated here with ``secrets.SystemRandom``, as the provider
+  generates it locally: the ``min*`` characters first, the rest from every enabled set, then
+  shuffled; special characters default to the provider's ``!@#$%&*()-_=+[]{}<>:?``. The id is
+  ``none``, as the provider's. ``bcryptHash`` is not returned (it reads as None).
+- ``random:index/randomId:RandomId``: byteLength, prefix, keepers. ``byteLength`` random bytes
+  from ``os.urandom``; ``id`` is their unpadded base64url form, and ``b64Url``, ``b64Std``
+  (padded), ``hex`` and ``dec`` (big-endian integer) carry ``prefix`` in front, as the
+  provider's do.
 - Component resources (``custom=False``) get an empty state.
 
 Not emulated: updates, replacement, deletion, refresh and diffs (every run creates fresh
@@ -27,11 +38,14 @@ other type or input. Those raise ``NotImplementedError("not emulated: ...")`` so
 cannot silently depend on behaviour this file does not reproduce.
 
 Every object created carries the label ``poolkit.test-run=<run id>``; ``cleanup(run_id)``
-removes them.
+removes them. After a failure the runtime may return while other resources are still being
+created in its worker threads: ``DockerEngineMocks.cleanup`` first closes the run (refuses new
+resources, waits for those in flight), so nothing appears after the clean-up.
 """
 
 from __future__ import annotations
 
+import base64
 import gc
 import grp
 import io
@@ -39,7 +53,9 @@ import os
 import pwd
 import re
 import secrets
+import string
 import tarfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -55,6 +71,10 @@ NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
 IMAGE = "docker:index/image:Image"
 CONTAINER = "docker:index/container:Container"
+PASSWORD = "random:index/randomPassword:RandomPassword"
+RANDOM_ID = "random:index/randomId:RandomId"
+# terraform-provider-random's default special characters.
+SPECIAL = "!@#$%&*()-_=+[]{}<>:?"
 
 # Inputs each type accepts. Any other input set to a value (even False) is rejected; the
 # SDK itself fills Image.buildOnPreview and Image.skipPush.
@@ -67,6 +87,11 @@ _ACCEPTED: dict[str, set[str]] = {
         "volumes", "uploads", "healthcheck", "restart", "labels", "user", "wait",
         "waitTimeout", "mustRun",
     },
+    PASSWORD: {
+        "length", "upper", "lower", "numeric", "number", "special", "overrideSpecial",
+        "minUpper", "minLower", "minNumeric", "minSpecial", "keepers",
+    },
+    RANDOM_ID: {"byteLength", "prefix", "keepers"},
 }
 _NESTED: dict[str, set[str]] = {
     "build": {"context", "dockerfile", "args", "platform"},
@@ -95,8 +120,13 @@ def engine_client(timeout: int = 600) -> docker.DockerClient:
     raise RuntimeError(f"Docker engine not reachable ({problem}); run: scripts/docker-engine start")
 
 
-def cleanup(run_id: str, client: docker.DockerClient | None = None, images: bool = False) -> None:
-    """Remove the containers, networks, volumes (and images, if asked) labelled with run_id."""
+def cleanup(run_id: str, client: docker.DockerClient | None = None, images: bool = False,
+            keep_cache: bool = True) -> None:
+    """Remove the containers, networks, volumes (and images, if asked) labelled with run_id.
+
+    With ``keep_cache`` images go without their unlabelled parent layers (``noprune``): those
+    are the build cache the next run reuses.
+    """
     client = client or engine_client()
     selector = {"label": f"{RUN_LABEL}={run_id}"}
     for container in client.containers.list(all=True, filters=selector):
@@ -107,7 +137,7 @@ def cleanup(run_id: str, client: docker.DockerClient | None = None, images: bool
         volume.remove(force=True)
     if images:
         for image in client.images.list(filters=selector):
-            client.images.remove(image.id, force=True)
+            client.images.remove(image.id, force=True, noprune=keep_cache)
 
 
 def parse_duration(text: str) -> int:
@@ -153,18 +183,76 @@ def _resolve_id(value: str | None, lookup: Callable[[str], Any]) -> int:
     return int(value) if str(value).isdigit() else int(lookup(str(value))[2])
 
 
+def random_password(inputs: Mapping[str, Any]) -> str:
+    """A password as the provider makes one: required minimums, the rest from all sets, shuffled."""
+    rng = secrets.SystemRandom()
+    sets = {
+        "upper": (string.ascii_uppercase, "minUpper"),
+        "lower": (string.ascii_lowercase, "minLower"),
+        "numeric": (string.digits, "minNumeric"),
+        "special": (inputs.get("overrideSpecial") or SPECIAL, "minSpecial"),
+    }
+    length = int(inputs["length"])
+    enabled = {key: inputs.get(key) is not False for key in sets}
+    if inputs.get("number") is False:  # the deprecated spelling of numeric
+        enabled["numeric"] = False
+    chars: list[str] = []
+    for alphabet, minimum in sets.values():
+        chars += [rng.choice(alphabet) for _ in range(int(inputs.get(minimum) or 0))]
+    pool = "".join(alphabet for key, (alphabet, _) in sets.items() if enabled[key])
+    if length < 1 or len(chars) > length or not pool:
+        raise ValueError(f"RandomPassword: length {length} below its minimums, or no set enabled")
+    chars += [rng.choice(pool) for _ in range(length - len(chars))]
+    rng.shuffle(chars)
+    return "".join(chars)
+
+
+def random_id(inputs: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """(id, outputs) of ``byteLength`` random bytes; every output but the id gets ``prefix``."""
+    data = os.urandom(int(inputs["byteLength"]))
+    prefix = inputs.get("prefix") or ""
+    url = base64.urlsafe_b64encode(data).decode().rstrip("=")
+    return url, {"b64Url": prefix + url, "b64Std": prefix + base64.b64encode(data).decode(),
+                 "hex": prefix + data.hex(), "dec": prefix + str(int.from_bytes(data, "big"))}
+
+
 class DockerEngineMocks(pulumi.runtime.Mocks):
     """Mocks whose ``new_resource`` creates each docker resource on the local engine."""
 
     def __init__(self, run_id: str, client: docker.DockerClient | None = None,
-                 functions: Mapping[str, dict[str, Any]] | None = None) -> None:
+                 functions: Mapping[str, dict[str, Any]] | None = None,
+                 build_cache: bool = True) -> None:
         self.run_id = run_id
         self.client = client or engine_client()
         self.functions = dict(functions or {})
         self.labels = {RUN_LABEL: run_id}
+        self.build_cache = build_cache
+        """False builds every image from scratch (``nocache``), to time cold builds."""
+        self.passwords: dict[str, str] = {}
+        """Resource name -> generated ``RandomPassword`` result (for leak checks)."""
+        self.closed = False
+        self._busy = 0
+        self._idle = threading.Condition()
+        self.timings: dict[str, float] = {}
+        """Seconds per image build (``image <imageName>``) and per container create-to-healthy
+        (``container <name>``)."""
+
+    def close(self, timeout: float = 600) -> None:
+        """Refuse further resources and wait for those being created to finish.
+
+        After a failure the runtime returns while other registrations may still be building or
+        starting in its worker threads; closing first means nothing appears after a clean-up.
+        Health waits in progress stop at their next poll.
+        """
+        with self._idle:
+            self.closed = True
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout):
+                raise RuntimeError(f"run {self.run_id}: {self._busy} creations still running")
 
     def cleanup(self, images: bool = False) -> None:
-        cleanup(self.run_id, self.client, images)
+        """Close, then remove the run's objects; a run built without cache takes its layers."""
+        self.close()
+        cleanup(self.run_id, self.client, images, keep_cache=self.build_cache)
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict:  # type: ignore[override]
         """The canned result given for this function; unknown functions raise."""
@@ -177,10 +265,23 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
             return "", {}
         if args.typ not in _ACCEPTED or args.resource_id:
             raise NotImplementedError(f"not emulated: {args.typ} {args.name!r}")
+        with self._idle:
+            if self.closed:
+                raise RuntimeError(f"run {self.run_id} is closed: {args.name!r} not created")
+            self._busy += 1
+        try:
+            return self._create(args)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def _create(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         inputs = _plain(args.inputs)
         _check_inputs(args.typ, args.name, inputs)
-        create = {NETWORK: self._network, VOLUME: self._volume,
-                  IMAGE: self._image, CONTAINER: self._container}[args.typ]
+        create = {NETWORK: self._network, VOLUME: self._volume, IMAGE: self._image,
+                  CONTAINER: self._container, PASSWORD: self._password,
+                  RANDOM_ID: self._random_id}[args.typ]
         resource_id, outputs = create(args.name, inputs)
         return resource_id, {**args.inputs, **outputs}
 
@@ -189,6 +290,14 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
 
     def _labels(self, items: list[dict[str, str]] | None) -> dict[str, str]:
         return {**{i["label"]: i["value"] for i in items or []}, **self.labels}
+
+    def _password(self, resource_name: str, inputs: dict[str, Any]) -> tuple[str, dict]:
+        result = random_password(inputs)
+        self.passwords[resource_name] = result
+        return "none", {"result": result}
+
+    def _random_id(self, resource_name: str, inputs: dict[str, Any]) -> tuple[str, dict]:
+        return random_id(inputs)
 
     def _network(self, resource_name: str, inputs: dict[str, Any]) -> tuple[str, dict]:
         name = self._name(resource_name, inputs)
@@ -210,13 +319,15 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         context = os.path.abspath(build.get("context") or ".")
         dockerfile = os.path.abspath(build.get("dockerfile") or os.path.join(context, "Dockerfile"))
         args = {k: str(v) for k, v in (build.get("args") or {}).items()}
+        started = time.monotonic()
         try:
             image, _ = self.client.images.build(
                 path=context, dockerfile=dockerfile, tag=inputs["imageName"], buildargs=args,
-                labels=self.labels, rm=True, forcerm=True)
+                labels=self.labels, rm=True, forcerm=True, nocache=not self.build_cache)
         except BuildError as exc:
             log = "".join(str(c.get("stream") or c.get("error") or "") for c in exc.build_log)
             raise RuntimeError(f"building {inputs['imageName']}: {exc}\n{log[-3000:]}") from exc
+        self.timings[f"image {inputs['imageName']}"] = round(time.monotonic() - started, 2)
         return image.id, {"imageName": inputs["imageName"], "repoDigest": image.id,
                           "baseImageName": inputs["imageName"], "context": context,
                           "dockerfile": dockerfile, "registryServer": ""}
@@ -251,9 +362,11 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
                 container_id, extra["name"], aliases=extra.get("aliases"))
         if inputs.get("uploads"):
             api.put_archive(container_id, "/", self._upload_archive(inputs["uploads"]))
+        started = time.monotonic()
         api.start(container_id)
         if inputs.get("wait"):
             self._wait_healthy(container_id, name, int(inputs.get("waitTimeout") or 60))
+            self.timings[f"container {name}"] = round(time.monotonic() - started, 2)
         state = api.inspect_container(container_id)
         if inputs.get("mustRun", True) and not state["State"]["Running"]:
             raise RuntimeError(f"container {name} is not running:\n{self._logs(container_id)}")
@@ -293,6 +406,8 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
                 raise RuntimeError(f"container {name}: wait=True needs a healthcheck")
             if health == "healthy":
                 return
+            if self.closed:
+                raise RuntimeError(f"container {name}: run closed while waiting for health")
             if not state["Running"] or time.monotonic() > deadline:
                 why = f"not healthy after {timeout}s ({health})" if state["Running"] else "exited"
                 raise RuntimeError(f"container {name} {why}:\n{self._logs(container_id)}")

@@ -7,6 +7,7 @@ scripts/offline-base-image). Without them these tests fail, they never skip.
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +18,11 @@ import pulumi
 import pulumi_docker as pd
 import pytest
 
-from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup, engine_client
+from .conftest import BASE_IMAGE
+from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup
 
 pytestmark = pytest.mark.e2e
 
-BASE_IMAGE = "debian:trixie-slim"
 PROBE_UID = "999"
 # A one-line TCP server from perl-base (in every Debian image): greets with an env var.
 SERVER = (
@@ -33,23 +34,6 @@ DOCKERFILE = f"""FROM {BASE_IMAGE}
 ARG FLAVOUR=unset
 RUN useradd --system --uid {PROBE_UID} --user-group probe && echo "$FLAVOUR" > /flavour
 """
-
-
-@pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    """The engine client; a missing engine or base image fails the tests (outside `except`,
-    so the message is not buried under the chained connection errors)."""
-    problem = ""
-    try:
-        client = engine_client()
-        client.images.get(BASE_IMAGE)
-    except RuntimeError as exc:
-        problem = str(exc)
-    except docker.errors.ImageNotFound:
-        problem = f"{BASE_IMAGE} missing: run scripts/offline-base-image"
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    return client
 
 
 def free_port() -> int:
@@ -198,3 +182,36 @@ def test_cleanup_removes_everything_it_created(client, tmp_path: Path) -> None:
     assert client.networks.list(filters=selector) == []
     assert client.volumes.list(filters=selector) == []
     assert client.images.list(filters=selector) == []
+
+
+def test_failed_run_leaves_nothing_after_cleanup(client, tmp_path: Path) -> None:
+    """A container fails its healthcheck while a slow build runs in another thread; after
+    cleanup (which first waits for creations in flight), nothing of the run is left."""
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {BASE_IMAGE}\nARG TOKEN\nRUN echo \"$TOKEN\" > /token && sleep 4\n")
+    mocks = DockerEngineMocks(run_id, client, build_cache=False)  # its layers go at cleanup
+
+    def program() -> pulumi.Output:
+        slow = pd.Image("slow", image_name=f"poolkit-e2e-slow:{run_id}", skip_push=True,
+                        build=pd.DockerBuildArgs(context=str(tmp_path), args={"TOKEN": run_id}))
+        pd.Container("after-slow", image=slow.repo_digest, command=["sleep", "60"])
+        failing = pd.Container(
+            "failing", image=BASE_IMAGE, command=["sleep", "60"], wait=True, wait_timeout=3,
+            healthcheck=pd.ContainerHealthcheckArgs(tests=["CMD", "false"], interval="1s",
+                                                    retries=1))
+        return pulumi.Output.all(failing.id, slow.repo_digest)
+
+    try:
+        with pytest.raises(Exception, match=r"container failing-[0-9a-f]+ not healthy"):
+            run_program(mocks, program)
+    finally:
+        mocks.cleanup(images=True)
+    selector = {"label": f"{RUN_LABEL}={run_id}"}
+    time.sleep(1)  # anything still coming would have had the time to show up
+    assert client.containers.list(all=True, filters=selector) == []
+    assert client.images.list(filters=selector) == []
+    with pytest.raises(RuntimeError, match="is closed"):
+        mocks.new_resource(pulumi.runtime.MockResourceArgs(
+            typ="docker:index/volume:Volume", name="late", inputs={}, provider=None,
+            resource_id=None, custom=True))

@@ -1,0 +1,180 @@
+"""Bring the real Pulumi program (``__main__.py``) up on the local Docker engine, and down again.
+
+``bring_up`` writes a test stack (unique name, free 127.0.0.1 ports, small memory), runs the
+program under :class:`DockerEngineMocks` with ``preview=False`` (so every resource is created
+for real, in the order the program's dependencies impose), and writes the ``.env`` from the
+``env_file`` output with mode 0600. ``E2EStack.tear_down`` removes everything labelled with the
+run id and returns what was left, so callers can assert that nothing was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import pulumi
+import yaml
+from pulumi.runtime.settings import ROOT
+
+from poolkit.envfile import read_env, write_private
+from poolkit.pulumi_target import Outputs
+from tests.conftest import free_ports
+from tests.pulumi.harness import PROGRAM, PROJECT, as_pulumi_config
+
+from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup
+
+LAMBDA_APP, WORKERS_APP = "orders", "edge"
+
+
+def stack_config(postgres_port: int, pgbouncer_port: int, lambda_port: int,
+                 workers_port: int) -> dict[str, Any]:
+    """A small stack: Postgres published (DIRECT_URL from the host), one replica per app."""
+    return {
+        "poolkit:postgres": {"memory": "512MiB", "cpus": 1, "port": postgres_port,
+                             "publish": True},
+        "poolkit:pgbouncer": {"port": pgbouncer_port},
+        "poolkit:apps": [
+            {"name": LAMBDA_APP, "style": "lambda", "instances": 4, "replicas": 1,
+             "port": lambda_port},
+            {"name": WORKERS_APP, "style": "workers", "instances": 4, "replicas": 1,
+             "port": workers_port},
+        ],
+    }  # fmt: skip
+
+
+@dataclass
+class E2EStack:
+    """One stack the program brought up on the engine, and what the tests need from it."""
+
+    name: str
+    run_id: str
+    client: docker.DockerClient
+    base: Path
+    """Temp folder with the stack file and the .env (removed at tear-down)."""
+    config: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    passwords: dict[str, str] = field(default_factory=dict)
+    """Every password the run generated (``RandomPassword`` resource name -> result)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    mocks: DockerEngineMocks | None = None
+    """The run's emulator, once ``bring_up`` started it."""
+
+    @property
+    def env_file(self) -> Path:
+        return self.base / f".env.{self.name}"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.base / f"Pulumi.{self.name}.yaml"
+
+    def env(self) -> dict[str, str]:
+        return read_env(self.env_file)
+
+    def container(self, role: str) -> Any:
+        """The container of ``postgres``, ``pgbouncer`` or an app name (its replica 0)."""
+        names = self.outputs[Outputs.CONTAINERS]
+        name = names[role] if role in ("postgres", "pgbouncer") else names["apps"][role][0]
+        return self.client.containers.get(name)
+
+    def app_port(self, app: str) -> int:
+        return int(self.outputs[Outputs.APP_PORTS][app][0])
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Names of the containers, networks and volumes still labelled with the run id."""
+        selector = {"label": f"{RUN_LABEL}={self.run_id}"}
+        return {
+            "containers": [c.name for c in self.client.containers.list(all=True, filters=selector)],
+            "networks": [n.name for n in self.client.networks.list(filters=selector)],
+            "volumes": [v.name for v in self.client.volumes.list(filters=selector)],
+        }
+
+    def tear_down(self) -> dict[str, list[str]]:
+        """Remove everything labelled with the run id (and the run's image tags, keeping the
+        build cache); return what is left, which should be nothing."""
+        if self.mocks is not None:  # close first: nothing still being created appears later
+            self.mocks.cleanup(images=True)
+        else:
+            cleanup(self.run_id, self.client, images=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+        return self.leftovers()
+
+
+def new_stack(client: docker.DockerClient) -> E2EStack:
+    """A stack named ``e2e<random>`` on free ports, its file written, nothing created yet."""
+    token = secrets.token_hex(4)
+    taken: set[int] = set()
+    ports = [free_ports(1, taken) for _ in range(4)]
+    base = Path(tempfile.mkdtemp(prefix="poolkit-e2e-"))
+    stack = E2EStack(name=f"e2e{token}", run_id=f"e2e-{token}", client=client, base=base,
+                     config=stack_config(*ports))  # fmt: skip
+    stack.stack_file.write_text(yaml.safe_dump({"config": stack.config}, sort_keys=False))
+    return stack
+
+
+@contextmanager
+def _in_project() -> Iterator[None]:
+    """The program's build contexts are relative to the project root (Pulumi's cwd)."""
+    before = Path.cwd()
+    os.chdir(PROJECT)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def run_program(stack: E2EStack, mocks: DockerEngineMocks) -> dict[str, Any]:
+    """Run ``__main__.py`` for the stack under the engine-applying mocks; return its outputs."""
+    ROOT.set(None)  # a fresh root stack resource for this run
+    pulumi.runtime.set_all_config(as_pulumi_config(stack.config), [])
+    pulumi.runtime.set_mocks(mocks, project="poolkit", stack=stack.name, preview=False)
+    outputs: dict[str, Any] = {}
+
+    async def collect(exports: dict[str, Any]) -> None:
+        for key, value in exports.items():
+            outputs[key] = await pulumi.Output.from_input(value).future()
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[None]:
+        runpy.run_path(str(PROGRAM), run_name="__main__")
+        root = pulumi.runtime.get_root_resource()
+        assert root is not None
+        return pulumi.Output.from_input(collect(root.outputs))  # type: ignore[attr-defined]
+
+    try:
+        with _in_project():
+            run()
+    finally:
+        ROOT.set(None)
+        pulumi.runtime.set_all_config({}, [])
+    return outputs
+
+
+def bring_up(stack: E2EStack, build_cache: bool = True) -> None:
+    """Apply the program to the engine and write the ``.env`` (0600). On failure the caller
+    still owns the clean-up (``stack.tear_down``), whatever was created by then."""
+    mocks = stack.mocks = DockerEngineMocks(stack.run_id, stack.client, build_cache=build_cache)
+    started = time.monotonic()
+    try:
+        stack.outputs = run_program(stack, mocks)
+    finally:
+        stack.timings = {"program start -> healthy stack": round(time.monotonic() - started, 2),
+                         **mocks.timings}  # fmt: skip
+        stack.passwords = dict(mocks.passwords)
+    write_private(stack.env_file, stack.outputs[Outputs.ENV_FILE])
+
+
+def write_timings(stack: E2EStack, path: Path) -> None:
+    """The run's figures as JSON (CI keeps them with the logs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stack": stack.name, "seconds": stack.timings}, indent=2) + "\n")

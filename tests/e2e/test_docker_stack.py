@@ -1,0 +1,258 @@
+"""The real Pulumi program applied to the Docker engine, then proven from the outside.
+
+One stack per module (``e2e<random>``, free 127.0.0.1 ports): Postgres (published), PgBouncer
+and two sample apps, one replica each. Then the testinfra suite runs inside the Postgres and
+PgBouncer containers, ``poolkit smoke`` runs against the ``.env`` the program produced, both
+apps answer HTTP through PgBouncer, and tear-down leaves nothing labelled with the run id.
+Traffic goes only to the published 127.0.0.1 ports and into the run's containers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import docker
+import pytest
+
+from poolkit import console
+from poolkit.pulumi_target import Outputs
+from tests.conftest import port_free
+from tests.infra.docker_facts import container_facts
+from tests.pulumi.harness import PROJECT
+
+from .conftest import FIGURES
+from .engine_mocks import RUN_LABEL
+from .stack import LAMBDA_APP, WORKERS_APP, E2EStack, bring_up, new_stack, write_timings
+
+pytestmark = pytest.mark.e2e
+LOG_DIR = Path(os.environ.get("POOLKIT_LOG_DIR") or PROJECT / ".poolkit" / "logs")
+BUILD_CACHE = os.environ.get("POOLKIT_E2E_BUILD_CACHE", "1") != "0"
+"""``POOLKIT_E2E_BUILD_CACHE=0`` builds the images from scratch, to time cold builds."""
+ROLES = ("postgres", "pgbouncer", LAMBDA_APP, WORKERS_APP)
+SUBPROCESS_TIMEOUT_S = 240
+NOTHING_LEFT = {"containers": [], "networks": [], "volumes": []}
+CONTAINER_CHECKS = {
+    "test_server_is_pid_1_as_the_postgres_user", "test_no_process_in_the_container_runs_as_root",
+    "test_listening_socket_belongs_to_the_server_user",
+    "test_file_owned_by_the_server_user_with_its_mode",
+    "test_secret_files_hold_verifiers_not_passwords",
+}
+INFRA_PASSES = {
+    "postgres": CONTAINER_CHECKS | {
+        "test_secret_files_are_owner_only", "test_pg_hba_has_no_trust_and_only_scram",
+        "test_the_checked_pg_hba_is_the_one_postgres_uses",
+        "test_postgres_applies_the_rendered_setting", "test_no_password_in_any_command_line",
+        "test_no_password_in_server_environments"},
+    "pgbouncer": CONTAINER_CHECKS | {
+        "test_secret_files_are_owner_only", "test_pgbouncer_ini_has_transaction_pooling",
+        "test_no_password_in_any_command_line", "test_no_password_in_server_environments"},
+}
+"""Tests that must pass in each container (tests/infra/test_deployed_host.py and
+tests/infra/container_checks.py); the suite may hold more."""
+
+
+@pytest.fixture(scope="module")
+def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
+    """The stack, up and healthy; always torn down, and the tear-down checked."""
+    stack = new_stack(client)
+    try:
+        bring_up(stack, build_cache=BUILD_CACHE)
+        yield stack
+    finally:
+        cache = "cached" if BUILD_CACHE else "no cache"
+        FIGURES[f"e2e stack {stack.name}: seconds (image builds {cache}, run in parallel)"] = (
+            stack.timings)
+        write_timings(stack, LOG_DIR / "e2e-timings.json")
+        left = stack.tear_down()
+        assert left == NOTHING_LEFT, f"left behind by run {stack.run_id}: {left}"
+
+
+def passwords(stack: E2EStack) -> set[str]:
+    """Every password of the stack: generated ones and those in the .env URLs."""
+    found = set(stack.passwords.values())
+    for key, value in stack.env().items():
+        if key.endswith("_URL") and (password := urlsplit(value).password):
+            found |= {password, unquote(password)}
+    return found
+
+
+def container_ip(stack: E2EStack, role: str) -> str:
+    networks = stack.container(role).attrs["NetworkSettings"]["Networks"]
+    return str(networks[stack.outputs[Outputs.NETWORK]]["IPAddress"])
+
+
+def http_json(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        payload = None if body is None else json.dumps(body)
+        headers = {"Content-Type": "application/json"} if payload else {}
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def host_listeners(port: int) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp{,6}) of this host's listeners on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if int(hex_port, 16) == port and fields[3] == "0A":
+                found.add(address)
+    return found
+
+
+def test_every_container_is_healthy_on_the_stack_network(stack: E2EStack) -> None:
+    for role in ROLES:
+        container = stack.container(role)
+        assert container.attrs["State"]["Health"]["Status"] == "healthy", role
+        assert list(container.attrs["NetworkSettings"]["Networks"]) == [
+            stack.outputs[Outputs.NETWORK]], role
+        assert container.labels["poolkit.stack"] == stack.name, role
+        assert container.labels[RUN_LABEL] == stack.run_id, role
+
+
+def test_ports_are_published_on_127_0_0_1_only(stack: E2EStack) -> None:
+    config = stack.config
+    expected = {
+        "postgres": ("5432/tcp", config["poolkit:postgres"]["port"]),
+        "pgbouncer": ("6432/tcp", config["poolkit:pgbouncer"]["port"]),
+        **{app["name"]: ("8080/tcp", app["port"]) for app in config["poolkit:apps"]},
+    }
+    for role, (internal, port) in expected.items():
+        bindings = stack.container(role).attrs["HostConfig"]["PortBindings"]
+        assert bindings == {internal: [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}, role
+        # On the host only Docker's proxy listens there, on 127.0.0.1 (0100007F) alone.
+        listeners = host_listeners(port)
+        assert listeners == {"0100007F"}, f"{role}: listening addresses {listeners}"
+
+
+def test_env_file_is_private_and_names_the_published_ports(stack: E2EStack) -> None:
+    assert stack.env_file.stat().st_mode & 0o777 == 0o600
+    env = stack.env()
+    postgres_port = stack.config["poolkit:postgres"]["port"]
+    pgbouncer_port = stack.config["poolkit:pgbouncer"]["port"]
+    for key, port in [("DIRECT_URL", postgres_port), ("POOLED_DATABASE_URL", pgbouncer_port),
+                      ("DATABASE_URL", pgbouncer_port), ("PGBOUNCER_STATS_URL", pgbouncer_port)]:
+        url = urlsplit(env[key])
+        assert (url.hostname, url.port) == ("127.0.0.1", port), key
+    assert env["PGBOUNCER_PREPARED_STATEMENTS"] == "on"  # trixie's PgBouncer 1.24
+
+
+def test_no_password_in_server_container_config_or_any_log(stack: E2EStack) -> None:
+    """Postgres and PgBouncer get files, never passwords in env or args; no log prints one."""
+    known = passwords(stack)
+    assert len(stack.passwords) == 5  # superuser, migrator, app, PgBouncer admin and stats
+    for role in ("postgres", "pgbouncer"):
+        config = stack.container(role).attrs["Config"]
+        exposed = json.dumps([config.get(k) for k in ("Env", "Cmd", "Entrypoint", "Labels")])
+        assert not any(p in exposed for p in known), f"a password is in the {role} config"
+    for role in ROLES:
+        logs = stack.container(role).logs().decode(errors="replace")
+        assert not any(p in logs for p in known), f"a password is in the {role} log"
+
+
+@pytest.mark.parametrize("service", ["postgres", "pgbouncer"])
+def test_infra_suite_passes_inside_the_container(
+    stack: E2EStack, tmp_path: Path, service: str
+) -> None:
+    """``pytest tests/infra`` plus the container checks, with ``--hosts=docker://<name>``."""
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(container_facts(
+        service, stack.env_file, tuple(stack.passwords.values()))))  # fmt: skip
+    name = stack.outputs[Outputs.CONTAINERS][service]
+    command = [sys.executable, "-m", "pytest", "-p", "tests.infra.docker_facts",
+               "-p", "no:cacheprovider", "tests/infra",
+               f"--hosts=docker://{name}", "-q", "-rA"]  # fmt: skip
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False,
+                          timeout=SUBPROCESS_TIMEOUT_S,
+                          env={**os.environ, "POOLKIT_INFRA_FACTS": str(facts)})  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    summary = output.strip().splitlines()[-1]
+    assert not re.search(r"skipped|failed|error|xfail|xpass", summary), output
+    passed = set(re.findall(r"^PASSED [^:]+::(\w+)", output, re.MULTILINE))
+    assert INFRA_PASSES[service] <= passed, output
+    assert f"not applicable to the {service} container" in output
+
+
+def test_smoke_passes_against_the_env_file(stack: E2EStack) -> None:
+    command = [sys.executable, "-m", "poolkit", "smoke", "--env-file", str(stack.env_file),
+               "--json"]  # fmt: skip
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False,
+                          timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert report["ok"] and not failed, failed
+    names = {c["name"] for c in report["checks"]}
+    assert {"direct.connect", "pooled.connect", "pooled.pool_mode", "pooled.burst"} <= names
+    FIGURES.setdefault("poolkit smoke against the Docker stack: seconds", {}).update(
+        {c["name"]: c["seconds"] for c in report["checks"]})
+
+
+@pytest.mark.parametrize("app", [LAMBDA_APP, WORKERS_APP])
+def test_app_stores_and_lists_items_through_pgbouncer(stack: E2EStack, app: str) -> None:
+    name = f"e2e-{app}-{secrets.token_hex(4)}"
+    status, created = http_json(stack.app_port(app), "POST", "/items", {"name": name})
+    assert status == 201, created
+    assert created["item"]["name"] == name
+    status, listed = http_json(stack.app_port(app), "GET", "/items")
+    assert status == 200, listed
+    assert name in [item["name"] for item in listed["items"]]
+
+
+def test_lambda_app_keeps_its_client_connection_at_pgbouncer(stack: E2EStack) -> None:
+    """A warm Lambda instance holds one client connection, idle between invocations."""
+    assert http_json(stack.app_port(LAMBDA_APP), "GET", "/items")[0] == 200
+    stats = stack.env()["PGBOUNCER_STATS_URL"]
+    address = container_ip(stack, LAMBDA_APP)
+    clients = [c for c in console.show(stats, "CLIENTS") if c["addr"] == address]
+    assert [(c["user"], c["database"]) for c in clients] == [("app", "app")]
+    (pool,) = console.pools(stats, "app")
+    assert pool["user"] == "app" and pool["pool_mode"] == "transaction"
+    assert pool["cl_active"] >= 1
+
+
+def test_workers_app_connects_per_request_and_leaves_no_client(stack: E2EStack) -> None:
+    """Each request logs in at PgBouncer from the Workers container, then disconnects."""
+    pgbouncer = stack.container("pgbouncer")
+    address = container_ip(stack, WORKERS_APP)
+    login = re.compile(rf"app/app@{re.escape(address)}:\d+ login attempt: db=app user=app")
+
+    def logins() -> int:
+        return len(login.findall(pgbouncer.logs().decode(errors="replace")))
+
+    before, requests = logins(), 3
+    for _ in range(requests):
+        assert http_json(stack.app_port(WORKERS_APP), "GET", "/items")[0] == 200
+    assert logins() - before >= requests
+    stats = stack.env()["PGBOUNCER_STATS_URL"]
+    deadline = time.monotonic() + 10  # its healthcheck connects every 2 s, briefly
+    while [c for c in console.show(stats, "CLIENTS") if c["addr"] == address]:
+        assert time.monotonic() < deadline, "the Workers app keeps a client connection"
+        time.sleep(0.1)
+
+
+def test_teardown_removes_everything_labelled_with_the_run(stack: E2EStack) -> None:
+    """Runs last: the fixture's own tear-down afterwards finds nothing to do."""
+    ports = [stack.config["poolkit:postgres"]["port"], stack.config["poolkit:pgbouncer"]["port"],
+             *(app["port"] for app in stack.config["poolkit:apps"])]  # fmt: skip
+    assert stack.tear_down() == NOTHING_LEFT
+    assert stack.client.images.list(filters={"label": f"{RUN_LABEL}={stack.run_id}"}) == []
+    assert not stack.env_file.exists()
+    assert all(port_free(port) for port in ports)
