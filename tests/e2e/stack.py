@@ -25,12 +25,11 @@ from typing import Any
 import docker
 import pulumi
 import yaml
-from pulumi.runtime.settings import ROOT
 
 from poolkit.envfile import read_env, write_private
 from poolkit.pulumi_target import Outputs
 from tests.conftest import free_ports
-from tests.pulumi.harness import PROGRAM, PROJECT, as_pulumi_config
+from tests.pulumi.harness import PROGRAM, PROJECT, as_pulumi_config, reset_runtime
 
 from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup
 
@@ -135,7 +134,7 @@ def _in_project() -> Iterator[None]:
 
 def run_program(stack: E2EStack, mocks: DockerEngineMocks) -> dict[str, Any]:
     """Run ``__main__.py`` for the stack under the engine-applying mocks; return its outputs."""
-    ROOT.set(None)  # a fresh root stack resource for this run
+    reset_runtime()
     pulumi.runtime.set_all_config(as_pulumi_config(stack.config), [])
     pulumi.runtime.set_mocks(mocks, project="poolkit", stack=stack.name, preview=False)
     outputs: dict[str, Any] = {}
@@ -155,7 +154,7 @@ def run_program(stack: E2EStack, mocks: DockerEngineMocks) -> dict[str, Any]:
         with _in_project():
             run()
     finally:
-        ROOT.set(None)
+        reset_runtime()
         pulumi.runtime.set_all_config({}, [])
     return outputs
 

@@ -18,6 +18,8 @@ import pulumi
 import pulumi_docker as pd
 import pytest
 
+from tests.pulumi.harness import reset_runtime
+
 from .conftest import BASE_IMAGE
 from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup
 
@@ -44,6 +46,7 @@ def free_port() -> int:
 
 def run_program(mocks: DockerEngineMocks, program: Any) -> dict[str, Any]:
     """Run `program()` (which returns an Output of a dict) under the mocks; return its value."""
+    reset_runtime()
     pulumi.runtime.set_mocks(mocks, project="poolkit-e2e", stack="engine-mocks", preview=False)
     result: dict[str, Any] = {}
 

@@ -12,6 +12,7 @@ A resource type the program was not expected to create raises.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -180,13 +181,28 @@ def as_pulumi_config(config: dict[str, Any]) -> dict[str, str]:
             for key, value in config.items()}  # fmt: skip
 
 
+def reset_runtime() -> None:
+    """A fresh root stack, and a current event loop, for the next run under mocks.
+
+    ``asyncio.run()`` elsewhere in the session (the burst simulator's tests) leaves the main
+    thread without a current loop, and Pulumi's runtime asks for one.
+    """
+    ROOT.set(None)
+    try:
+        if not asyncio.get_event_loop().is_closed():
+            return
+    except RuntimeError:
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def deploy(stack: str, config: dict[str, Any], secret_keys: tuple[str, ...] = ()) -> Deployment:
     """Run ``__main__.py`` for ``stack`` with ``config`` under fresh mocks; record everything.
 
     An exception of the program (e.g. RunError for an invalid stack) propagates; the monitor of
     the failed run is left on ``deploy.last_monitor`` so a test can check what was registered.
     """
-    ROOT.set(None)  # a fresh root stack resource for this run
+    reset_runtime()
     pulumi.runtime.set_all_config(as_pulumi_config(config), list(secret_keys))
     mocks = RecordingMocks()
     monitor = RecordingMonitor(mocks)
