@@ -17,7 +17,7 @@ from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
 from poolkit.layouts import docker_layout
 from poolkit.render import render_env
-from poolkit.secrets import ADMIN_USER, STATS_USER, Credential, Secrets
+from poolkit.secrets import ADMIN_USER, STATS_USER, Credential, Secrets, iterations_for
 from poolkit.sizing import Plan
 
 PASSWORD_LENGTH = 32
@@ -146,10 +146,12 @@ class Environment(pulumi.ComponentResource):
                 f"{name}-{label}-salt", byte_length=scram.SALT_BYTES, opts=child
             ).b64_std
             parts[role] = pulumi.Output.all(password, salt)
+        generated = {role for role in users if given.get(role) is None}
 
         def build(values: dict[str, list[str]]) -> Secrets:
             return Secrets(**{
-                role: Credential(user=users[role], password=password, salt=salt)
+                role: Credential(user=users[role], password=password, salt=salt,
+                                 iterations=iterations_for(generated=role in generated))
                 for role, (password, salt) in values.items()
             })  # fmt: skip
 

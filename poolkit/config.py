@@ -294,6 +294,16 @@ def _read_section(
     return values
 
 
+PASSWORD_RULE = "at least 12 characters and no control characters (newline, tab, …)"
+
+
+def password_problem(password: str) -> str | None:
+    """Why ``password`` is refused, wherever it comes from (stack file or environment)."""
+    if len(password) < 12 or any(ord(c) < 32 or ord(c) == 127 for c in password):
+        return f"must have {PASSWORD_RULE}"
+    return None
+
+
 def _read_password(key: str, raw: Any, problems: list[Problem]) -> str | Encrypted | None:
     if raw is None:
         return None
@@ -303,12 +313,10 @@ def _read_password(key: str, raw: Any, problems: list[Problem]) -> str | Encrypt
         problems.append(Problem(f"{NAMESPACE}:{key}", "***", "must be a string",
                                 "set it with `pulumi config set --secret`"))
         return None
-    if len(raw) < 12 or any(ord(c) < 32 or ord(c) == 127 for c in raw):
-        problems.append(Problem(
-            f"{NAMESPACE}:{key}", "***",
-            "must be at least 12 characters with no control characters",
-            "choose a longer password, or remove it and let poolkit generate one",
-        ))  # fmt: skip
+    complaint = password_problem(raw)
+    if complaint:
+        problems.append(Problem(f"{NAMESPACE}:{key}", "***", complaint,
+                                "choose another password, or remove it to generate one"))
         return None
     return raw
 
@@ -483,5 +491,11 @@ def load_stack(path: Path, stack: str | None = None) -> StackConfig:
 
 
 def password_from_env(key: str) -> str | None:
-    """The password the user exported for ``key`` (``app_password``), if any."""
-    return os.environ.get(PASSWORD_ENV[key]) or None
+    """The password the user exported for ``key`` (``app_password``), if any, checked."""
+    name = PASSWORD_ENV[key]
+    password = os.environ.get(name) or None
+    complaint = password and password_problem(password)
+    if complaint:
+        raise ConfigError([Problem(f"{name} (environment)", "***", complaint,
+                                   f"export another {name}, or unset it to generate one")])
+    return password

@@ -7,9 +7,12 @@ and RESUME need an ``admin_users`` login.
 
 from __future__ import annotations
 
+import select
+import time
 from typing import Any
 
 import psycopg
+from psycopg import pq
 
 CONNECT_TIMEOUT_S = 5
 _NAME = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
@@ -76,3 +79,39 @@ def pause(url: str, database: str = "") -> None:
 
 def resume(url: str, database: str = "") -> None:
     command(url, f"RESUME {database}".strip())
+
+
+def pause_within(url: str, database: str, timeout: float) -> bool:
+    """``PAUSE database`` and wait at most ``timeout`` s for PgBouncer to confirm it.
+
+    PAUSE returns once every server connection of the database is released (running
+    transactions end first). True: paused. False: not confirmed in time; the pause may still
+    be pending, so the caller must RESUME. The console has no statement timeout, hence the
+    non-blocking wait on the socket.
+    """
+    if not database or not set(database.lower()) <= _NAME:
+        raise ValueError(f"not a database name poolkit pauses: {database!r}")
+    conn = _connect(url)
+    try:
+        pgconn = conn.pgconn
+        pgconn.send_query(f"PAUSE {database}".encode())
+        while pgconn.flush():
+            select.select([], [pgconn.socket], [], 1.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            pgconn.consume_input()
+            if not pgconn.is_busy():
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([pgconn.socket], [], [], left)
+        result = pgconn.get_result()
+        while pgconn.get_result() is not None:
+            pass
+        if result is None or result.status != pq.ExecStatus.COMMAND_OK:
+            message = result.error_message.decode(errors="replace") if result else "no result"
+            raise psycopg.OperationalError(f"PAUSE {database} failed: {message.strip()}")
+        return True
+    finally:
+        conn.close()  # no `with`: its exit would COMMIT while PAUSE is pending

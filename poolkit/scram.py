@@ -13,6 +13,11 @@ import stringprep
 import unicodedata
 
 DEFAULT_ITERATIONS = 4096
+"""PostgreSQL's default: what a password a person chose needs against offline guessing."""
+GENERATED_ITERATIONS = 256
+"""For long random passwords poolkit generates (192 bits): guessing one stays out of reach at any
+count, while every connect pays the rounds in the client (4096 -> 256: 7x the pooled connect
+rate; BENCHMARKS.md, "SCRAM iterations")."""
 SALT_BYTES = 16
 
 

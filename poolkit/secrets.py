@@ -56,10 +56,16 @@ def new_salt() -> str:
     return base64.b64encode(random.token_bytes(scram.SALT_BYTES)).decode()
 
 
+def iterations_for(generated: bool) -> int:
+    """SCRAM iterations: fewer for generated passwords, PostgreSQL's default for chosen ones."""
+    return scram.GENERATED_ITERATIONS if generated else scram.DEFAULT_ITERATIONS
+
+
 def _credential(user: str, password: str | None, previous: Credential | None) -> Credential:
     if previous and previous.user == user and password in (None, previous.password):
         return previous
-    return Credential(user=user, password=password or generate_password(), salt=new_salt())
+    return Credential(user=user, password=password or generate_password(), salt=new_salt(),
+                      iterations=iterations_for(generated=password is None))  # fmt: skip
 
 
 def _given_password(stack: StackConfig, key: str) -> str | None:

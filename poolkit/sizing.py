@@ -245,6 +245,9 @@ def _pgbouncer_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ..
         Setting("idle_transaction_timeout", str(bouncer.idle_transaction_timeout),
                 "a paused (zombie) instance cannot hold a server inside an open transaction "
                 "for longer than this"),
+        Setting("server_login_retry", "1",
+                "after a Postgres restart or crash PgBouncer logs in again within a second, "
+                "not after the default 15"),
         Setting("server_idle_timeout", "60",
                 "idle backends are closed after a minute, so a burst's servers do not linger"),
         Setting("ignore_startup_parameters", "extra_float_digits",

@@ -8,8 +8,10 @@ stdout/stderr going to a log file; the child inherits them. The child's environm
 supervisor's (which the runner keeps free of passwords) plus the ``KEY=value`` lines of
 ``--env-file`` (the sample apps' ``.env``): nothing secret ever appears in an argument list.
 
-A child that keeps dying right after its start (5 times within 10 s) is given up: the
-supervisor exits 1 so that ``poolkit status`` shows it down instead of a restart loop.
+A child that keeps dying right after its start (5 times within 10 s, each within 1 s of its
+start) is given up: the supervisor exits 1 so that ``poolkit status`` shows it down instead of
+a restart loop. A child that ran longer (killed by an operator or the OOM killer) is always
+restarted.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ RESTART_DELAY_S = 0.2
 """Pause before a restart; keeps a crash loop from spinning while restarting within ~1 s."""
 CRASH_WINDOW_S = 10.0
 CRASH_LIMIT = 5
+STARTUP_GRACE_S = 1.0
+"""A child that dies sooner than this after its start counts towards the crash limit."""
 STOP_TIMEOUT_S = 10.0
 
 
@@ -54,6 +58,7 @@ class Supervisor:
         self.env = env
         self.child_pidfile = child_pidfile
         self.child: subprocess.Popen[bytes] | None = None
+        self.child_started = 0.0
         self.stopping = False
         self.crashes: deque[float] = deque(maxlen=CRASH_LIMIT)
 
@@ -64,6 +69,7 @@ class Supervisor:
 
     def start_child(self) -> None:
         self.child = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
+        self.child_started = time.monotonic()
         log(f"started {Path(self.command[0]).name} pid {self.child.pid}")
 
     def clean_child_pidfile(self) -> None:
@@ -81,10 +87,12 @@ class Supervisor:
                 log(f"child exited with {code} after stop request")
                 self.clean_child_pidfile()
                 return 0
-            log(f"child pid {self.child.pid} exited with {code}; restarting")
-            self.clean_child_pidfile()
             now = time.monotonic()
-            self.crashes.append(now)
+            uptime = now - self.child_started
+            log(f"child pid {self.child.pid} exited with {code} after {uptime:.1f} s; restarting")
+            self.clean_child_pidfile()
+            if uptime < STARTUP_GRACE_S:
+                self.crashes.append(now)
             if len(self.crashes) == CRASH_LIMIT and now - self.crashes[0] < CRASH_WINDOW_S:
                 log(f"child died {CRASH_LIMIT} times within {CRASH_WINDOW_S:.0f} s; giving up")
                 return 1

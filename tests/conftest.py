@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -38,18 +39,20 @@ def port_free(port: int) -> bool:
     return True
 
 
+TEST_PORTS = range(20000, 32000)
+"""Below Linux's ephemeral range (32768+), so outgoing connections never take a test port."""
+
+
 def free_ports(count: int, taken: set[int] | None = None) -> int:
     """The first of ``count`` consecutive free ports (apps use port..port+replicas-1)."""
     taken = taken if taken is not None else set()
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            first = int(sock.getsockname()[1])
+    for _ in range(500):
+        first = random.randrange(TEST_PORTS.start, TEST_PORTS.stop - count)
         block = range(first, first + count)
-        if first + count < 65000 and all(p not in taken and port_free(p) for p in block):
+        if all(p not in taken and port_free(p) for p in block):
             taken.update(block)
             return first
-    raise RuntimeError(f"no {count} consecutive free ports found")
+    raise RuntimeError(f"no {count} consecutive free ports found in {TEST_PORTS}")
 
 
 def make_base_dir(prefix: str) -> Path:
@@ -164,7 +167,11 @@ def start_local_stack(
     stack = LocalStack(name=name, base=base, stack_file=stack_file, state_dir=base / "state",
                        env_file=base / f".env.{name}", postgres_port=postgres_port,
                        pgbouncer_port=pgbouncer_port, app_ports=app_ports)  # fmt: skip
-    stack.poolkit("up", "--no-smoke")
+    try:
+        stack.poolkit("up", "--no-smoke")
+    except BaseException:  # pytest.fail raises an outcome exception, not an Exception
+        stop_local_stack(stack)
+        raise
     return stack
 
 

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_docker as pd
 import pytest
 
+from tests.conftest import free_ports
 from tests.pulumi.harness import reset_runtime
 
 from .conftest import BASE_IMAGE
@@ -36,12 +37,6 @@ DOCKERFILE = f"""FROM {BASE_IMAGE}
 ARG FLAVOUR=unset
 RUN useradd --system --uid {PROBE_UID} --user-group probe && echo "$FLAVOUR" > /flavour
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_program(mocks: DockerEngineMocks, program: Any) -> dict[str, Any]:
@@ -99,7 +94,7 @@ def applied(client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactor
     context = tmp_path_factory.mktemp("probe-image")
     (context / "Dockerfile").write_text(DOCKERFILE)
     run_id = f"e2e-{uuid.uuid4().hex[:10]}"
-    port = free_port()
+    port = free_ports(1)
     mocks = DockerEngineMocks(run_id, client)
     try:
         yield run_program(mocks, lambda: probe_program(context, port, run_id)), port, run_id
@@ -173,7 +168,7 @@ def test_unemulated_input_fails_loudly(client) -> None:
 def test_cleanup_removes_everything_it_created(client, tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text(DOCKERFILE)
     run_id = f"e2e-{uuid.uuid4().hex[:10]}"
-    port = free_port()
+    port = free_ports(1)
     try:
         outputs = run_program(DockerEngineMocks(run_id, client),
                               lambda: probe_program(tmp_path, port, run_id))

@@ -9,7 +9,6 @@ removed at the end, also on failure.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,6 +21,7 @@ import yaml
 
 from poolkit.envfile import write_private
 from poolkit.pulumi_target import Outputs
+from tests.conftest import free_ports
 
 from .harness import PROJECT, stack_file_config
 
@@ -32,21 +32,11 @@ pytestmark = [
 ]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def automation_config() -> dict[str, Any]:
     """The dev stack's config on free ports (Postgres published for the direct URL)."""
     config = stack_file_config("dev")
-    postgres, pgbouncer, orders, edge = free_ports(4)
+    taken: set[int] = set()
+    postgres, pgbouncer, orders, edge = (free_ports(1, taken) for _ in range(4))
     config["poolkit:postgres"] = {**config["poolkit:postgres"], "port": postgres, "publish": True}
     config["poolkit:pgbouncer"] = {**config.get("poolkit:pgbouncer", {}), "port": pgbouncer}
     config["poolkit:apps"] = [

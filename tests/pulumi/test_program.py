@@ -75,7 +75,9 @@ def secrets_of(
     return Secrets(**{
         role: Credential(user=user,
                          password=given.get(role) or state("password", role, "result"),
-                         salt=state("salt", role, "b64Std"))
+                         salt=state("salt", role, "b64Std"),
+                         # generated passwords: 256 SCRAM iterations; chosen ones: 4096
+                         iterations=4096 if role in given else 256)
         for role, user in users.items()
     })  # fmt: skip
 

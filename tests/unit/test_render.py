@@ -160,3 +160,14 @@ def test_client_tls_requires_tls_in_ini_and_urls() -> None:
 
 def test_no_tls_settings_without_client_tls() -> None:
     assert "client_tls" not in _files()["pgbouncer.ini"]
+
+
+def test_generated_passwords_get_fewer_scram_iterations_than_chosen_ones(monkeypatch) -> None:
+    from poolkit import secrets as stack_secrets
+
+    monkeypatch.setenv("POOLKIT_APP_PASSWORD", "a-password-someone-chose")
+    monkeypatch.delenv("POOLKIT_MIGRATOR_PASSWORD", raising=False)
+    credentials = stack_secrets.resolve(stack(), "postgres")
+    assert credentials.app.verifier.startswith("SCRAM-SHA-256$4096:")
+    assert credentials.migrator.verifier.startswith("SCRAM-SHA-256$256:")
+    assert credentials.pgbouncer_stats.iterations == 256

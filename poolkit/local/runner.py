@@ -1,0 +1,328 @@
+"""``up``, ``down`` and ``status`` of one stack: the steps in order, each delegated."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from poolkit import console
+from poolkit import secrets as stack_secrets
+from poolkit.config import StackConfig
+from poolkit.layouts import local_layout
+from poolkit.local import apps, files
+from poolkit.local.apps import Replica
+from poolkit.local.errors import LocalError
+from poolkit.local.host import Host
+from poolkit.local.machine import (
+    ServiceUser,
+    Tools,
+    check_reachable,
+    detect_tools,
+    service_user,
+)
+from poolkit.local.pgbouncer import PgBouncer, admin_url, paused_if_possible, stats_url
+from poolkit.local.postgres import Postgres, wait_for_orphans
+from poolkit.local.processes import port_in_use, port_listening, process_user, read_pid, terminate
+from poolkit.local.progress import Journal, Progress
+from poolkit.local.state import SUPERVISOR, Paths
+from poolkit.render import render_all
+from poolkit.sizing import Plan, plan
+
+PAUSE_TIMEOUT_S = 5.0
+"""How long `up` lets PAUSE wait for running transactions before a Postgres restart."""
+POOL_COLUMNS = ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used",
+                "maxwait")  # fmt: skip
+
+
+@dataclass
+class UpResult:
+    stack: StackConfig
+    plan: Plan
+    tools: Tools
+    user: str
+    state_dir: Path
+    env_files: list[Path]
+    actions: list[str] = field(default_factory=list)
+    apps: list[Replica] = field(default_factory=list)
+    apps_note: str = ""
+    seconds: float = 0.0
+
+
+def installed_stack(stack: StackConfig, tools: Tools, progress: Progress) -> StackConfig:
+    """``stack`` with the installed server versions in place of the declared ones."""
+    declared = (stack.postgres.version, stack.pgbouncer.version)
+    stack = dataclasses.replace(
+        stack,
+        postgres=dataclasses.replace(stack.postgres, version=tools.pg_major),
+        pgbouncer=dataclasses.replace(stack.pgbouncer, version=tools.pgbouncer_version),
+    )
+    if declared != (tools.pg_major, tools.pgbouncer_version):
+        progress.note(f"using the installed PostgreSQL {tools.pg_version} and PgBouncer "
+                      f"{tools.pgbouncer_version} (the stack declares {declared[0]} and "
+                      f"{declared[1]})")  # fmt: skip
+    if stack.pgbouncer.max_prepared_statements and stack.pgbouncer.version_tuple < (1, 21):
+        progress.warn(f"max_prepared_statements is ignored: PgBouncer "
+                      f"{tools.pgbouncer_version} does not support it")  # fmt: skip
+    return stack
+
+
+@dataclass
+class Running:
+    """What runs before ``up`` changes anything (stale pid files cleaned and noted)."""
+
+    postgres: int | None
+    pgbouncer: int | None
+    apps: dict[str, int]
+    notes: list[str]
+
+
+class Runner:
+    """One stack's state dir and the processes it describes."""
+
+    def __init__(self, state_dir: Path, progress: Progress | None = None):
+        self.paths = Paths(state_dir.resolve())
+        self.progress = progress or Progress()
+        self.notes: list[str] = []
+
+    # -- what runs --
+
+    def load_state(self) -> dict[str, Any]:
+        return self.paths.load_state()
+
+    def postgres_pid(self, notes: list[str] | None = None) -> int | None:
+        return self.paths.postgres_pid(notes)
+
+    def supervisor_pid(self, name: str, notes: list[str] | None = None) -> int | None:
+        return self.paths.supervisor(name, notes)
+
+    def supervised(self) -> list[str]:
+        return self.paths.supervised()
+
+    def admin_url(self, credentials: stack_secrets.Secrets, port: int) -> str:
+        return admin_url(credentials, port)
+
+    def stats_url(self, credentials: stack_secrets.Secrets, port: int) -> str:
+        return stats_url(credentials, port)
+
+    def running(self) -> Running:
+        notes: list[str] = []
+        wait_for_orphans(self.paths, notes)
+        postgres = self.paths.postgres_pid(notes)
+        bouncer = self.paths.supervisor("pgbouncer", notes)
+        running_apps = {n: p for n in self.paths.supervised() if n.startswith("app-")
+                        and (p := self.paths.supervisor(n, notes))}  # fmt: skip
+        read_pid(self.paths.run / "pgbouncer.pid", "pgbouncer", notes if not bouncer else None)
+        return Running(postgres, bouncer, running_apps, notes)
+
+    # -- up --
+
+    def up(self, stack: StackConfig, project_root: Path, env_file: Path) -> UpResult:
+        started_at = time.monotonic()
+        fresh = not self.paths.root.exists()
+        try:
+            with self.paths.lock():
+                return self._up(stack, project_root, env_file.resolve(), started_at)
+        except BaseException:
+            if fresh:  # nothing of this stack existed before: leave nothing behind either
+                shutil.rmtree(self.paths.root, ignore_errors=True)
+            raise
+
+    def _up(self, stack: StackConfig, project_root: Path, env_file: Path, t0: float) -> UpResult:
+        paths, progress = self.paths, self.progress
+        tools = detect_tools()
+        user = service_user()
+        check_reachable(paths.root, user, "the state dir")
+        stack = installed_stack(stack, tools, progress)
+        the_plan = plan(stack)
+        credentials = stack_secrets.resolve(stack, user.name, stack_secrets.load(paths.secrets))
+        rendered = render_all(
+            stack, the_plan, credentials, local_layout(stack, paths.root, user.name)
+        )
+        self._check_data_version(stack, tools)
+        replicas = apps.replicas(the_plan, rendered)
+        adapter = project_root / "apps" / "http_adapter.py"
+        apps_note = ""
+        if replicas and not adapter.is_file():
+            apps_note = f"no sample apps started: {adapter} does not exist yet"
+            replicas = []
+        if replicas:
+            check_reachable(project_root, user, "the project")
+
+        old = paths.load_state()
+        now = self.running()
+        for note in now.notes:
+            progress.note(note)
+        self._check_ports(stack, replicas, now, old)
+
+        result = UpResult(stack=stack, plan=the_plan, tools=tools, user=user.name,
+                          state_dir=paths.root, env_files=[], apps=replicas,
+                          apps_note=apps_note)  # fmt: skip
+        journal = Journal(progress, result.actions)
+        host = Host(paths, tools.pgbin, user)
+        try:
+            paths.mkdirs(user)
+            stack_secrets.save(paths.secrets, credentials)
+            changed = files.write_conf(paths.conf, rendered, user)
+            if stack.pgbouncer.client_tls:
+                files.ensure_tls(paths.conf, user)
+            paths.save_state(self._state(stack, tools, user, replicas, project_root, old))
+            Postgres(host).converge(stack, tools.pg_version, project_root, credentials.superuser,
+                                    changed, now.postgres, journal,
+                                    self._pause_for_restart(now, old, credentials))  # fmt: skip
+            PgBouncer(host, str(tools.pgbouncer)).converge(
+                stack, tools.pgbouncer_version, credentials, changed, now.pgbouncer, old, journal
+            )
+            old_apps = {a["key"]: a for a in old.get("apps", [])}
+            apps.converge(host, project_root, replicas, now.apps, old_apps, changed, journal)
+        except BaseException:
+            journal.rollback()
+            raise
+        result.env_files = files.write_env_files(rendered, env_file)
+        state = paths.load_state()
+        state["env_files"] = sorted({*state.get("env_files", []), *map(str, result.env_files)})
+        paths.save_state(state)
+        if not result.actions:
+            result.actions.append("nothing to change: every process was already running")
+        result.seconds = time.monotonic() - t0
+        return result
+
+    def _pause_for_restart(
+        self, now: Running, old: dict[str, Any], credentials: stack_secrets.Secrets
+    ) -> Callable[[], AbstractContextManager[None]]:
+        """PAUSE on the running PgBouncer around a Postgres restart, so no client is dropped."""
+        if not (now.pgbouncer and old.get("database") and old.get("pgbouncer_port")):
+            return contextlib.nullcontext
+        admin = admin_url(credentials, old["pgbouncer_port"])
+        return lambda: paused_if_possible(admin, old["database"], PAUSE_TIMEOUT_S,
+                                          self.progress.warn)  # fmt: skip
+
+    def _check_data_version(self, stack: StackConfig, tools: Tools) -> None:
+        pg_version_file = self.paths.data / "PG_VERSION"
+        if pg_version_file.exists():
+            found = pg_version_file.read_text().strip()
+            if found != str(tools.pg_major):
+                raise LocalError(
+                    f"{self.paths.data} holds a PostgreSQL {found} cluster, but this machine runs "
+                    f"PostgreSQL {tools.pg_major}. Keep it and install PostgreSQL {found}, or "
+                    f"delete it: poolkit down --stack {stack.stack} --purge (loses its data)"
+                )
+
+    @staticmethod
+    def _check_ports(
+        stack: StackConfig, replicas: list[Replica], now: Running, old: dict[str, Any]
+    ) -> None:
+        """Every port a process of ours will newly bind must be free, checked up front."""
+        old_apps = {a["key"]: a for a in old.get("apps", [])}
+        wanted = []
+        if not (now.postgres and old.get("postgres_port") == stack.postgres.port):
+            wanted.append((stack.postgres.port, "poolkit:postgres.port"))
+        if not (now.pgbouncer and old.get("pgbouncer_port") == stack.pgbouncer.port):
+            wanted.append((stack.pgbouncer.port, "poolkit:pgbouncer.port"))
+        for replica in replicas:
+            if not (
+                replica.key in now.apps
+                and old_apps.get(replica.key, {}).get("port") == replica.port
+            ):
+                wanted.append((replica.port, f"app {replica.app} (replica {replica.index})"))
+        busy = [f"{port} ({what})" for port, what in wanted if port_in_use(port)]
+        if busy:
+            raise LocalError(
+                f"port already in use on 127.0.0.1: {', '.join(busy)}. Stop whatever listens "
+                "there, or give the stack other ports in its stack file; nothing was started"
+            )
+
+    @staticmethod
+    def _state(
+        stack: StackConfig,
+        tools: Tools,
+        user: ServiceUser,
+        replicas: list[Replica],
+        project_root: Path,
+        old: dict[str, Any],
+    ) -> dict[str, Any]:
+        return {
+            "stack": stack.stack,
+            "user": user.name,
+            "pgbin": str(tools.pgbin),
+            "pg_major": tools.pg_major,
+            "pgbouncer": str(tools.pgbouncer),
+            "pgbouncer_version": tools.pgbouncer_version,
+            "postgres_port": stack.postgres.port,
+            "pgbouncer_port": stack.pgbouncer.port,
+            "database": stack.database.name,
+            "app_user": stack.database.app_user,
+            "project_root": str(project_root),
+            "apps": [r.record() for r in replicas],
+            "env_files": old.get("env_files", []),
+        }  # fmt: skip
+
+    # -- down / status --
+
+    def down(self, purge: bool) -> list[str]:
+        if not self.paths.root.exists():
+            return [f"nothing to do: {self.paths.root} does not exist"]
+        with self.paths.lock():
+            return self._down(purge)
+
+    def _down(self, purge: bool) -> list[str]:
+        done: list[str] = []
+        state = self.paths.load_state()
+        if self.paths.run.is_dir():
+            # Apps first (they hold pooled connections), then PgBouncer, then Postgres.
+            for name in sorted(self.paths.supervised(), key=lambda n: n == "pgbouncer"):
+                pid = self.paths.supervisor(name)
+                if pid:
+                    with self.progress.step(f"stopping {name}"):
+                        terminate(pid, SUPERVISOR)
+                    done.append(f"stopped {name}")
+        if self.paths.data.is_dir() and self.paths.postgres_pid():
+            pgbin = Path(state.get("pgbin") or detect_tools().pgbin)
+            with self.progress.step("stopping PostgreSQL"):
+                Postgres(Host(self.paths, pgbin, service_user())).stop()
+            done.append("stopped PostgreSQL")
+        if purge:
+            for env_file in state.get("env_files", []):
+                Path(env_file).unlink(missing_ok=True)
+                done.append(f"deleted {env_file}")
+            if self.paths.root.exists():
+                shutil.rmtree(self.paths.root)
+                done.append(f"deleted {self.paths.root} (data, configs, secrets, logs)")
+        return done or ["nothing was running"]
+
+    def status(self) -> dict[str, Any]:
+        """What runs, as what user, on which port; PgBouncer's pool counters."""
+        state = self.paths.load_state()
+        components: list[dict[str, Any]] = []
+
+        def entry(name: str, pid: int | None, port: int | None, child: int | None = None) -> None:
+            shown = child or pid
+            components.append({
+                "name": name, "running": pid is not None, "pid": shown, "port": port,
+                "user": process_user(shown) if shown else None,
+                "listening": bool(port and pid and port_listening(port)),
+            })  # fmt: skip
+
+        entry("postgres", self.paths.postgres_pid(), state.get("postgres_port"))
+        bouncer = self.paths.supervisor("pgbouncer")
+        child = read_pid(self.paths.run / "pgbouncer.pid", "pgbouncer") if bouncer else None
+        entry("pgbouncer", bouncer, state.get("pgbouncer_port"), child)
+        for app in state.get("apps", []):
+            entry(app["key"], self.paths.supervisor(app["key"]), app["port"])
+        pools: list[dict[str, Any]] = []
+        credentials = stack_secrets.load(self.paths.secrets)
+        if bouncer and credentials and state.get("pgbouncer_port"):
+            with contextlib.suppress(Exception):
+                url = stats_url(credentials, state["pgbouncer_port"])
+                pools = [{k: row[k] for k in POOL_COLUMNS} for row in console.pools(url)
+                         if row["database"] != "pgbouncer"]  # fmt: skip
+        return {"stack": state.get("stack"), "state_dir": str(self.paths.root),
+                "initialised": (self.paths.data / "PG_VERSION").exists(),
+                "components": components, "pools": pools,
+                "env_files": state.get("env_files", [])}  # fmt: skip

@@ -1,0 +1,100 @@
+"""A stack's state dir: its layout, ``state.json``, the lock, and which process runs."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poolkit.local.errors import LocalError
+from poolkit.local.machine import ServiceUser, own
+from poolkit.local.processes import read_pid
+
+POSTGRES_PID = "postmaster.pid"
+SUPERVISOR = "poolkit.supervisor"
+"""What a supervisor's command line holds (pid files are checked against it)."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "conf"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    def supervisor_pid(self, name: str) -> Path:
+        return self.run / f"{name}.supervisor.pid"
+
+    def mkdirs(self, user: ServiceUser) -> None:
+        """The state dir and its private folders, owned by the service user."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for folder in (self.data, self.conf, self.run, self.log):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            folder.chmod(0o700)
+            own(folder, user)
+
+    def load_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        self.state.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One poolkit command at a time per state dir."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LocalError(f"another poolkit command is working on {self.root}; "
+                                 "wait for it to finish") from None  # fmt: skip
+            yield
+
+    # -- what runs --
+
+    def postgres_pid(self, notes: list[str] | None = None) -> int | None:
+        return read_pid(self.data / POSTGRES_PID, "postgres", notes)
+
+    def supervisor(self, name: str, notes: list[str] | None = None) -> int | None:
+        return read_pid(self.supervisor_pid(name), SUPERVISOR, notes)
+
+    def supervised(self) -> list[str]:
+        """Names of every supervisor pid file present (pgbouncer, app-<name>-<i>)."""
+        suffix = ".supervisor.pid"
+        return sorted(p.name[: -len(suffix)] for p in self.run.glob(f"*{suffix}"))
+
+
+def default_state_dir(project_root: Path, stack_name: str) -> Path:
+    """``--state-dir`` wins, then ``POOLKIT_STATE_DIR``, then ``<project>/.poolkit/<stack>``."""
+    given = os.environ.get("POOLKIT_STATE_DIR")
+    return Path(given) if given else project_root / ".poolkit" / stack_name
