@@ -15,7 +15,14 @@ from typing import Any
 import pulumi
 
 from components import Environment, EnvironmentArgs
-from poolkit.config import NAMESPACE, PASSWORD_ENV, ConfigError, StackConfig, parse_stack
+from poolkit.config import (
+    NAMESPACE,
+    PASSWORD_ENV,
+    ConfigError,
+    Problem,
+    StackConfig,
+    parse_stack,
+)
 from poolkit.pulumi_target import Outputs
 from poolkit.sizing import plan as size
 
@@ -73,8 +80,19 @@ def read_stack(config: pulumi.Config) -> StackConfig:
     return dataclasses.replace(stack, database=no_passwords)
 
 
+def refuse_unsupported(stack: StackConfig) -> None:
+    """Settings the local target supports and this one does not yet, refused before any resource."""
+    if stack.pgbouncer.client_tls:
+        problem = Problem(
+            f"{NAMESPACE}:pgbouncer.client_tls", True, "is not supported by the Docker target yet",
+            "remove it (or set false) for Pulumi stacks; the local target supports it",
+        )  # fmt: skip
+        raise pulumi.RunError(f"invalid stack config:\n{problem}")
+
+
 config = pulumi.Config(NAMESPACE)
 stack = read_stack(config)
+refuse_unsupported(stack)
 try:
     plan = size(stack)
 except ConfigError as error:

@@ -439,6 +439,15 @@ def test_an_invalid_stack_fails_before_any_resource(case: str) -> None:
     assert deploy.last_monitor.registered == [], "resources were registered before the failure"
 
 
+def test_client_tls_is_refused_before_any_resource() -> None:
+    """Valid for the local target, but the Docker target has no certificate to give PgBouncer."""
+    config = {"poolkit:pgbouncer": {"client_tls": True}}
+    plan(parse_stack(config, "tls"))  # valid for the core
+    with pytest.raises(pulumi.RunError, match=r"poolkit:pgbouncer.client_tls: is not supported"):
+        deploy("tls", config)
+    assert deploy.last_monitor.registered == [], "resources were registered before the failure"
+
+
 def test_fixed_names_are_replaced_delete_first(dev: Deployment) -> None:
     for resource in dev.of_type(NETWORK) + dev.of_type(VOLUME):
         assert resource.delete_before_replace, f"{resource.urn}: delete_before_replace unset"
