@@ -381,6 +381,43 @@ def status_command(stack_name: str | None, stack_file: Path | None, state_dir: P
         click.echo(f"  {key:<20} {value}")
 
 
+# --- planned maintenance without dropping clients ---------------------------------------------
+
+
+@main.group("maintenance")
+def maintenance_group() -> None:
+    """Planned maintenance of a local stack that drops no pooled client."""
+
+
+@maintenance_group.command("restart-postgres")
+@_which_stack
+@click.option("--pause-timeout", type=click.FloatRange(0.1, 3600), default=5.0,
+              show_default=True, metavar="S",
+              help="Seconds PAUSE may wait for running transactions before giving up "
+                   "(then RESUME, no restart). Keep it below query_wait_timeout.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable timings.")
+def restart_postgres_command(stack_name: str | None, stack_file: Path | None,
+                             state_dir: Path | None, pause_timeout: float, as_json: bool) -> None:
+    """PAUSE the database on PgBouncer, restart Postgres (fast), RESUME: latency, no errors."""
+    from poolkit import maintenance
+
+    runner = _runner(stack_name, stack_file, state_dir)
+    say = (lambda _line: None) if as_json else (lambda line: click.echo(f"  {line}"))
+    try:
+        report = maintenance.restart_postgres(runner.paths.root, pause_timeout, say)
+    except maintenance.NoStack as error:
+        given = (f"--state-dir {state_dir}" if state_dir else f"--stack {stack_name}"
+                 if stack_name else f"--stack-file {stack_file}")  # fmt: skip
+        raise BadInput(f"{given}: {error}") from None
+    except Exception as error:  # LocalError, or psycopg's from the console: a step failed
+        raise _step_failed(error) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(f"restarted PostgreSQL in {report.restart_s:.2f} s; pooled clients waited at most "
+               f"{report.paused_s:.2f} s (PAUSE took {report.pause_wait_s:.2f} s)")
+
+
 # --- burst simulator and benchmarks -----------------------------------------------------------
 
 
@@ -439,12 +476,14 @@ def burst_command(url_env_file: Path, target: str, instances: int, duration: flo
 
 
 @main.command("bench")
-@click.option("--quick", is_flag=True, help="One short run of each measurement (under 60 s).")
+@click.option("--quick", is_flag=True,
+              help="One short run of each measurement, so_reuseport skipped (under 60 s).")
 @click.option("--stack-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="The bench stack [default: bench/stack.yaml in the project root].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for results.json and results.png [default: bench/].")
-@_local_options
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="State folder of the bench stack [default: .poolkit/bench].")
 @click.option("--keep-up", is_flag=True, help="Leave the bench stack running afterwards.")
 def bench_command(quick: bool, stack_file: Path | None, out: Path | None,
                   state_dir: Path | None, keep_up: bool) -> None:
