@@ -526,6 +526,8 @@ class Bench:
     naive_port: int
     scratch_port: int
     """Ports of the naive and of the experimental PgBouncers (127.0.0.1)."""
+    naive_credential: stack_secrets.Credential | None = None
+    """The migrator with stock 4096 iterations, which the naive PgBouncer logs in with."""
 
     @property
     def direct(self) -> str:
@@ -540,12 +542,22 @@ class Bench:
         return postgres_url(str(parts["user"]), str(parts["password"]), "127.0.0.1", port,
                             dbname or str(parts["dbname"]))  # fmt: skip
 
+    def verifier_for(self, arm: str) -> None:
+        """The migrator's verifier for ``arm``: stock 4096 for the naive PgBouncer, else as shipped.
+
+        The naive PgBouncer logs in as the migrator (the only other role pg_hba admits); the
+        direct arms must still pay only what a shipped stack pays.
+        """
+        naive = arm == "naive" and self.naive_credential is not None
+        set_verifier(self.direct, self.naive_credential if naive else self.secrets.migrator)
+
     # -- scratch bouncers --
 
     def start_naive(self) -> Scratch:
         port = self.naive_port
         folder = self.scratch.folder("naive")
         credential = migrator_with(self.direct, STOCK_ITERATIONS)
+        self.naive_credential = credential
         set_verifier(self.direct, credential)
         self.scratch.write(folder / "userlist.txt", _userlist(credential, self.secrets))
         ini = folder / "0.ini"
@@ -599,12 +611,14 @@ class Bench:
                 for arm, url, pids in (("direct", self.direct, []),
                                        ("pooled", self.pooled, self.bouncer_pid()),
                                        ("naive", naive_url, naive.pids)):  # fmt: skip
+                    self.verifier_for(arm)
                     run = self.pgbench(url, arm, connect_each=True, bouncer_pids=pids)
                     storm[arm].append(run)
                     self.say(f"pgbench -C -S {arm:<7} run {rep + 1}/{s.repeats}: "
                              f"{_tps(run)}")  # fmt: skip
                 for arm, url, pids in (("direct", self.direct, []),
                                        ("pooled", self.pooled, self.bouncer_pid())):  # fmt: skip
+                    self.verifier_for(arm)
                     run = self.pgbench(url, arm, connect_each=False, bouncer_pids=pids)
                     persistent[arm].append(run)
                     self.say(f"pgbench -S    {arm:<7} run {rep + 1}/{s.repeats}: {_tps(run)}")
@@ -630,6 +644,7 @@ class Bench:
         results: dict[str, list[burst.BurstResult]] = {arm: [] for arm in arms}
         for rep in range(s.repeats):
             for arm, urls in arms.items():
+                self.verifier_for(arm)
                 result = burst.run_burst(urls, spec, label=arm)
                 results[arm].append(result)
                 self.say(f"burst {spec.instances}+{spec.zombies} {arm:<7} run {rep + 1}/"

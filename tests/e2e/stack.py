@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import secrets
 import shutil
 import tempfile
@@ -29,7 +28,8 @@ import yaml
 from poolkit.envfile import read_env, write_private
 from poolkit.pulumi_target import Outputs
 from tests.conftest import free_ports
-from tests.pulumi.harness import PROGRAM, PROJECT, as_pulumi_config, reset_runtime
+from tests.pulumi.harness import PROJECT, as_pulumi_config, reset_runtime
+from tests.pulumi.harness import run_program as run_main
 
 from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup
 
@@ -137,25 +137,8 @@ def run_program(stack: E2EStack, mocks: DockerEngineMocks) -> dict[str, Any]:
     reset_runtime()
     pulumi.runtime.set_all_config(as_pulumi_config(stack.config), [])
     pulumi.runtime.set_mocks(mocks, project="poolkit", stack=stack.name, preview=False)
-    outputs: dict[str, Any] = {}
-
-    async def collect(exports: dict[str, Any]) -> None:
-        for key, value in exports.items():
-            outputs[key] = await pulumi.Output.from_input(value).future()
-
-    @pulumi.runtime.test
-    def run() -> pulumi.Output[None]:
-        runpy.run_path(str(PROGRAM), run_name="__main__")
-        root = pulumi.runtime.get_root_resource()
-        assert root is not None
-        return pulumi.Output.from_input(collect(root.outputs))  # type: ignore[attr-defined]
-
-    try:
-        with _in_project():
-            run()
-    finally:
-        reset_runtime()
-        pulumi.runtime.set_all_config({}, [])
+    with _in_project():
+        outputs, _secret = run_main()
     return outputs
 
 

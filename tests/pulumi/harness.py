@@ -213,6 +213,16 @@ def deploy(stack: str, config: dict[str, Any], secret_keys: tuple[str, ...] = ()
     logger.handlers[:] = [warnings]
     pulumi.runtime.set_mocks(mocks, project="poolkit", stack=stack, preview=False,
                              monitor=monitor, logger=logger)  # fmt: skip
+    outputs, secret_outputs = run_program()
+    return Deployment(resources=monitor.registered, outputs=outputs,
+                      secret_outputs=secret_outputs, warnings=warnings.messages)  # fmt: skip
+
+
+def run_program() -> tuple[dict[str, Any], set[str]]:
+    """Run ``__main__.py`` under the installed mocks; return its outputs and the secret ones.
+
+    Whatever happens, no config or root stack is left behind for what runs next in this process.
+    """
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()
 
@@ -232,11 +242,10 @@ def deploy(stack: str, config: dict[str, Any], secret_keys: tuple[str, ...] = ()
 
     try:
         run()
-    finally:  # leave no config or root stack behind for whatever runs next in this process
-        ROOT.set(None)
+    finally:
+        reset_runtime()
         pulumi.runtime.set_all_config({}, [])
-    return Deployment(resources=monitor.registered, outputs=outputs,
-                      secret_outputs=secret_outputs, warnings=warnings.messages)  # fmt: skip
+    return outputs, secret_outputs
 
 
 class _WarningCollector(logging.Handler):
