@@ -99,8 +99,13 @@ _ENVIRONMENT.filters.update(
 )  # fmt: skip
 
 
+# Compile every template once, at import: Jinja2 would otherwise compile on first use, which
+# may be in a worker thread (Pulumi's apply), and CPython 3.11's compiler is not thread-safe.
+_TEMPLATES = {name: _ENVIRONMENT.get_template(name) for name in _ENVIRONMENT.list_templates()}
+
+
 def _render(template: str, **context: Any) -> str:
-    return _ENVIRONMENT.get_template(template).render(**context)
+    return _TEMPLATES[template].render(**context)
 
 
 def render_postgresql_conf(stack: StackConfig, plan: Plan, layout: Layout) -> str:
