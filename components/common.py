@@ -7,12 +7,36 @@ file contents come from ``poolkit.sizing`` and ``poolkit.render``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_docker as docker
 
+from poolkit.config import StackConfig
+from poolkit.render import Layout
+from poolkit.secrets import Secrets
+from poolkit.sizing import Plan
+
 DEFAULT_BASE_IMAGE = "debian:trixie-slim"
 """Base of every image (build arg ``BASE_IMAGE``); any Debian-like image with apt works."""
+
+
+@dataclass
+class ServerArgs:
+    """What the Postgres and PgBouncer components both take."""
+
+    stack: StackConfig
+    """The validated stack (``poolkit.config.parse_stack``)."""
+    plan: Plan
+    """Its sizing plan (``poolkit.sizing.plan``): the config files take their settings from it."""
+    layout: Layout
+    """Paths and addresses of the Docker images (``poolkit.layouts.docker_layout``)."""
+    secrets: pulumi.Output[Secrets]
+    """Credentials with their SCRAM salts; only their verifiers reach a container."""
+    network: pulumi.Input[str]
+    """Name of the private network the container joins."""
+    base_image: str = DEFAULT_BASE_IMAGE
+    """``BASE_IMAGE`` build arg of the image."""
 
 FILE_OWNER = "999"
 """uid/gid of the ``postgres`` user in the postgres and pgbouncer images (see their Dockerfiles).

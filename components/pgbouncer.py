@@ -8,7 +8,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.common import (
-    DEFAULT_BASE_IMAGE,
+    ServerArgs,
     build_image,
     container_labels,
     docker_name,
@@ -17,31 +17,16 @@ from components.common import (
     loopback_port,
     upload,
 )
-from poolkit.config import StackConfig
-from poolkit.render import Layout, render_pgbouncer_ini, render_userlist
-from poolkit.secrets import Secrets
-from poolkit.sizing import Plan
+from poolkit.render import render_pgbouncer_ini, render_userlist
 
 NETWORK_ALIAS = "pgbouncer"
 """The container's name on the private network: the host of the apps' pooled URLs."""
 
 
 @dataclass
-class PgBouncerArgs:
-    stack: StackConfig
-    """The validated stack (``poolkit.config.parse_stack``)."""
-    plan: Plan
-    """Its sizing plan: pgbouncer.ini takes the pool settings from here."""
-    layout: Layout
-    """Paths and addresses of the Docker images (``poolkit.layouts.docker_layout``)."""
-    secrets: pulumi.Output[Secrets]
-    """Credentials; userlist.txt holds their SCRAM verifiers, never a password."""
-    network: pulumi.Input[str]
-    """Name of the private network the container joins."""
+class PgBouncerArgs(ServerArgs):
     depends_on: list[pulumi.Resource] = field(default_factory=list)
     """Created only after these (the Postgres container, which ``wait``s until healthy)."""
-    base_image: str = DEFAULT_BASE_IMAGE
-    """``BASE_IMAGE`` build arg of images/pgbouncer."""
     wait_timeout: int = 60
     """Seconds ``pulumi up`` waits for the first healthy check."""
 

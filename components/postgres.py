@@ -8,7 +8,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.common import (
-    DEFAULT_BASE_IMAGE,
+    ServerArgs,
     build_image,
     container_labels,
     docker_name,
@@ -18,29 +18,14 @@ from components.common import (
     loopback_port,
     upload,
 )
-from poolkit.config import StackConfig
-from poolkit.render import Layout, render_init_sql, render_pg_hba, render_postgresql_conf
-from poolkit.secrets import Secrets
-from poolkit.sizing import Plan
+from poolkit.render import render_init_sql, render_pg_hba, render_postgresql_conf
 
 NETWORK_ALIAS = "postgres"
 """The container's name on the private network; ``docker_layout`` points PgBouncer at it."""
 
 
 @dataclass
-class PostgresArgs:
-    stack: StackConfig
-    """The validated stack (``poolkit.config.parse_stack``)."""
-    plan: Plan
-    """Its sizing plan (``poolkit.sizing.plan``): postgresql.conf takes its settings from here."""
-    layout: Layout
-    """Paths and addresses of the Docker images (``poolkit.layouts.docker_layout``)."""
-    secrets: pulumi.Output[Secrets]
-    """Credentials with their SCRAM salts; only their verifiers reach the container."""
-    network: pulumi.Input[str]
-    """Name of the private network the container joins."""
-    base_image: str = DEFAULT_BASE_IMAGE
-    """``BASE_IMAGE`` build arg of images/postgres."""
+class PostgresArgs(ServerArgs):
     wait_timeout: int = 180
     """Seconds ``pulumi up`` waits for the first healthy check (the first start runs initdb)."""
 
