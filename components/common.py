@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pulumi
 import pulumi_docker as docker
@@ -16,6 +17,10 @@ from poolkit.config import StackConfig
 from poolkit.render import Layout
 from poolkit.secrets import Secrets
 from poolkit.sizing import Plan
+
+LabelArgs = TypeVar(
+    "LabelArgs", docker.ContainerLabelArgs, docker.NetworkLabelArgs, docker.VolumeLabelArgs
+)
 
 DEFAULT_BASE_IMAGE = "debian:trixie-slim"
 """Base of every image (build arg ``BASE_IMAGE``); any Debian-like image with apt works."""
@@ -64,10 +69,13 @@ def labels(stack: str, component: str) -> dict[str, str]:
     return {"poolkit.stack": stack, "poolkit.component": component}
 
 
+def label_args(kind: type[LabelArgs], stack: str, component: str) -> list[LabelArgs]:
+    """``labels`` as the list of ``kind`` (Container/Network/VolumeLabelArgs) a resource takes."""
+    return [kind(label=k, value=v) for k, v in labels(stack, component).items()]
+
+
 def container_labels(stack: str, component: str) -> list[docker.ContainerLabelArgs]:
-    return [
-        docker.ContainerLabelArgs(label=k, value=v) for k, v in labels(stack, component).items()
-    ]
+    return label_args(docker.ContainerLabelArgs, stack, component)
 
 
 def healthcheck(test: Sequence[str]) -> docker.ContainerHealthcheckArgs:

@@ -9,7 +9,13 @@ import pulumi_docker as docker
 import pulumi_random as random
 
 from components.apps import ServerlessApp, ServerlessAppArgs
-from components.common import DEFAULT_BASE_IMAGE, build_image, docker_name, image_ref, labels
+from components.common import (
+    DEFAULT_BASE_IMAGE,
+    build_image,
+    docker_name,
+    image_ref,
+    label_args,
+)
 from components.pgbouncer import PgBouncer, PgBouncerArgs
 from components.postgres import Postgres, PostgresArgs
 from poolkit import scram
@@ -67,8 +73,7 @@ class Environment(pulumi.ComponentResource):
         self.network = docker.Network(
             f"{name}-network",
             name=docker_name(stack.stack, "net"),
-            labels=[docker.NetworkLabelArgs(label=k, value=v)
-                    for k, v in labels(stack.stack, "network").items()],
+            labels=label_args(docker.NetworkLabelArgs, stack.stack, "network"),
             # A fixed name: a replacement must remove the old network first.
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )  # fmt: skip

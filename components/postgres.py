@@ -14,7 +14,7 @@ from components.common import (
     docker_name,
     healthcheck,
     image_ref,
-    labels,
+    label_args,
     loopback_port,
     upload,
 )
@@ -59,8 +59,7 @@ class Postgres(pulumi.ComponentResource):
         self.volume = docker.Volume(
             f"{name}-data",
             name=docker_name(stack.stack, "pgdata"),
-            labels=[docker.VolumeLabelArgs(label=k, value=v)
-                    for k, v in labels(stack.stack, "postgres").items()],
+            labels=label_args(docker.VolumeLabelArgs, stack.stack, "postgres"),
             # Fixed name. Replacing it (new name or labels) starts from an empty cluster:
             # the data lives in this volume and `pulumi destroy` removes it.
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,19 +23,10 @@ import pytest
 import yaml
 
 from poolkit.envfile import read_env
+from poolkit.local import port_in_use
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI_TIMEOUT_S = 300
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 TEST_PORTS = range(20000, 32000)
@@ -49,7 +39,7 @@ def free_ports(count: int, taken: set[int] | None = None) -> int:
     for _ in range(500):
         first = random.randrange(TEST_PORTS.start, TEST_PORTS.stop - count)
         block = range(first, first + count)
-        if all(p not in taken and port_free(p) for p in block):
+        if all(p not in taken and not port_in_use(p) for p in block):
             taken.update(block)
             return first
     raise RuntimeError(f"no {count} consecutive free ports found in {TEST_PORTS}")

@@ -26,8 +26,8 @@ import docker
 import pytest
 
 from poolkit import console
+from poolkit.local import port_in_use
 from poolkit.pulumi_target import Outputs
-from tests.conftest import port_free
 from tests.infra.docker_facts import container_facts
 from tests.pulumi.harness import PROJECT
 
@@ -255,4 +255,4 @@ def test_teardown_removes_everything_labelled_with_the_run(stack: E2EStack) -> N
     assert stack.tear_down() == NOTHING_LEFT
     assert stack.client.images.list(filters={"label": f"{RUN_LABEL}={stack.run_id}"}) == []
     assert not stack.env_file.exists()
-    assert all(port_free(port) for port in ports)
+    assert not any(port_in_use(port) for port in ports)
