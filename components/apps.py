@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_docker as docker
 
 from components.common import container_labels, docker_name, healthcheck, loopback_port
-from components.pgbouncer import NETWORK_ALIAS as PGBOUNCER_HOST
-from components.postgres import NETWORK_ALIAS as POSTGRES_HOST
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
-from poolkit.layouts import docker_layout
-from poolkit.render import Layout, render_env
+from poolkit.layouts import network_layout
+from poolkit.render import render_env
 from poolkit.secrets import Secrets
 from poolkit.sizing import AppPlan, Plan
 
@@ -29,22 +26,6 @@ HEALTH_PROBE = (
     f"urllib.request.urlopen('http://127.0.0.1:{APP_PORT}/healthz', timeout=4)"
 )
 """GET /healthz does a round trip through PgBouncer; urlopen raises (exit 1) unless 2xx."""
-
-
-def network_layout(stack: StackConfig) -> Layout:
-    """The Docker layout with URLs that name the containers on the private network.
-
-    ``.env`` on the host points at the ports published on 127.0.0.1; a container reaches
-    PgBouncer and Postgres by their network aliases on their internal ports instead.
-    """
-    layout = docker_layout(stack)
-    return dataclasses.replace(
-        layout,
-        public_host=PGBOUNCER_HOST,
-        public_pgbouncer_port=layout.pgbouncer_port,
-        public_postgres_host=POSTGRES_HOST,
-        public_postgres_port=layout.postgres_port,
-    )
 
 
 def replica_env(

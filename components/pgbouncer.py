@@ -17,10 +17,8 @@ from components.common import (
     loopback_port,
     upload,
 )
+from poolkit.layouts import PGBOUNCER_ALIAS as NETWORK_ALIAS
 from poolkit.render import render_pgbouncer_ini, render_userlist
-
-NETWORK_ALIAS = "pgbouncer"
-"""The container's name on the private network: the host of the apps' pooled URLs."""
 
 
 @dataclass

@@ -18,10 +18,8 @@ from components.common import (
     loopback_port,
     upload,
 )
+from poolkit.layouts import POSTGRES_ALIAS as NETWORK_ALIAS
 from poolkit.render import render_init_sql, render_pg_hba, render_postgresql_conf
-
-NETWORK_ALIAS = "postgres"
-"""The container's name on the private network; ``docker_layout`` points PgBouncer at it."""
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
-import re
 from pathlib import Path
 
-_LINE = re.compile(r"""^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|(\S*))\s*$""")
+from dotenv.parser import parse_stream
 
 
 def write_private(path: Path, text: str) -> None:
@@ -19,16 +19,17 @@ def write_private(path: Path, text: str) -> None:
 
 
 def parse_env(text: str) -> dict[str, str]:
-    """``KEY=value`` lines (quoted or not); comments and blank lines are skipped."""
+    """``KEY=value`` lines (quoted or not; python-dotenv's syntax, no ``${VAR}`` expansion).
+
+    Comments and blank lines are skipped; a line that is no assignment raises ValueError.
+    """
     values: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _LINE.match(line)
-        if not match:
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error or (binding.key is not None and binding.value is None):
+            line = binding.original.string.strip()
             raise ValueError(f"not a KEY=value line: {line.split('=', 1)[0]!r}")
-        key, *quoted = match.groups()
-        values[key] = next(v for v in quoted if v is not None)
+        if binding.key is not None:
+            values[binding.key] = binding.value or ""
     return values
 
 

@@ -1,14 +1,20 @@
-"""Where each target puts things: the Layout of the Docker images and of the local runner.
+"""Where each target puts things: the Layouts of the Docker images (seen from the host and
+from the containers' network) and of the local runner.
 
 These are facts of a target (paths, addresses, published ports), not sizes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from poolkit.config import StackConfig
 from poolkit.render import Layout
+
+POSTGRES_ALIAS = "postgres"
+PGBOUNCER_ALIAS = "pgbouncer"
+"""Network aliases of the Postgres and PgBouncer containers on the stack's private network."""
 
 
 def docker_layout(stack: StackConfig) -> Layout:
@@ -23,6 +29,22 @@ def docker_layout(stack: StackConfig) -> Layout:
         public_pgbouncer_port=stack.pgbouncer.port,
         public_postgres_host="127.0.0.1" if published else "postgres",
         public_postgres_port=stack.postgres.port if published else 5432,
+    )
+
+
+def network_layout(stack: StackConfig) -> Layout:
+    """The Docker layout with URLs that name the containers on the private network.
+
+    ``.env`` on the host points at the ports published on 127.0.0.1; a container reaches
+    PgBouncer and Postgres by their network aliases on their internal ports instead.
+    """
+    layout = docker_layout(stack)
+    return dataclasses.replace(
+        layout,
+        public_host=PGBOUNCER_ALIAS,
+        public_pgbouncer_port=layout.pgbouncer_port,
+        public_postgres_host=POSTGRES_ALIAS,
+        public_postgres_port=layout.postgres_port,
     )
 
 

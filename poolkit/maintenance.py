@@ -27,7 +27,7 @@ from poolkit.local.host import Host
 from poolkit.local.machine import service_user
 from poolkit.local.pgbouncer import PauseTimeout, admin_url, paused, stats_url
 from poolkit.local.postgres import Postgres
-from poolkit.local.state import Paths
+from poolkit.local.state import Paths, StackState
 
 DEFAULT_PAUSE_TIMEOUT_S = 5.0
 
@@ -53,7 +53,7 @@ class RestartReport:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def _stack(paths: Paths) -> tuple[dict[str, Any], stack_secrets.Secrets]:
+def _stack(paths: Paths) -> tuple[StackState, stack_secrets.Secrets]:
     state = paths.load_state()
     credentials = stack_secrets.load(paths.secrets) if state else None
     if not state or credentials is None:
@@ -70,12 +70,12 @@ def restart_postgres(
     """PAUSE the stack's database on PgBouncer, restart Postgres, RESUME; report the timings."""
     paths = Paths(state_dir.resolve())
     state, credentials = _stack(paths)
-    database, port = state["database"], state["pgbouncer_port"]
+    database, port = state.database, state.pgbouncer_port
     if not paths.postgres_pid() or not paths.supervisor("pgbouncer"):
         raise LocalError(f"the stack in {paths.root} is not running (PostgreSQL and PgBouncer "
                          "must both run): poolkit up first")  # fmt: skip
     admin = admin_url(credentials, port)
-    postgres = Postgres(Host(paths, Path(state["pgbin"]), service_user()))
+    postgres = Postgres(Host(paths, Path(state.pgbin), service_user()))
     wait_limit = int(console.config(stats_url(credentials, port))["query_wait_timeout"])
     if pause_timeout >= wait_limit:
         say(f"warning: --pause-timeout {pause_timeout:g} s is not below query_wait_timeout "

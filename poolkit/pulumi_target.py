@@ -21,6 +21,7 @@ import click
 
 from poolkit.config import STACK_NAME, StackConfig
 from poolkit.envfile import write_private
+from poolkit.project import NoProject, project_root
 
 INSTALL_URL = "https://www.pulumi.com/docs/install/"
 STATE_DIR = Path(".poolkit") / "pulumi-state"
@@ -72,13 +73,12 @@ def pulumi_cli() -> str:
     return found
 
 
-def project_root(start: Path | None = None) -> Path:
-    """The nearest folder holding ``Pulumi.yaml``, from ``start`` (default: cwd) up."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "Pulumi.yaml").is_file():
-            return folder
-    raise PulumiError(f"no Pulumi.yaml in {here} or above: run this in the poolkit project")
+def _project(given: Path | None) -> Path:
+    """``given``, else the project root; PulumiError outside a project."""
+    try:
+        return given or project_root(required=True)
+    except NoProject as error:
+        raise PulumiError(str(error)) from None
 
 
 def passphrase_file(project: Path) -> Path:
@@ -137,7 +137,7 @@ def ensure_stack(name: str, project: Path, env: dict[str, str]) -> None:
 def stack_outputs(stack: str | StackConfig, project: Path | None = None) -> dict[str, Any]:
     """Every output of the stack, secrets in clear (``pulumi stack output --show-secrets``)."""
     name = _stack_name(stack)
-    project = project or project_root()
+    project = _project(project)
     text = _run(["stack", "output", "--json", "--show-secrets", "--stack", name],
                 project, pulumi_env(project), capture=True)  # fmt: skip
     outputs: dict[str, Any] = json.loads(text or "{}")
@@ -150,7 +150,7 @@ def write_env(
     """Write the stack's ``.env`` text to ``out`` (default ``.env.<stack>``), mode 0600."""
     name = _stack_name(stack)
     pulumi_cli()
-    project = project or project_root()
+    project = _project(project)
     outputs = stack_outputs(name, project)
     text = outputs.get(Outputs.ENV_FILE)
     if not isinstance(text, str):
@@ -175,7 +175,7 @@ def up(
     """
     name = _stack_name(stack)
     pulumi_cli()
-    project = project or project_root()
+    project = _project(project)
     env = pulumi_env(project)
     ensure_stack(name, project, env)
     _run(["up", "--yes", "--stack", name], project, env)
@@ -200,5 +200,5 @@ def down(stack: str | StackConfig, project: Path | None = None) -> None:
     """``pulumi destroy`` the stack's resources (the stack and its state stay)."""
     name = _stack_name(stack)
     pulumi_cli()
-    project = project or project_root()
+    project = _project(project)
     _run(["destroy", "--yes", "--stack", name], project, pulumi_env(project))

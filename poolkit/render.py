@@ -201,3 +201,8 @@ PRIVATE_FILES = frozenset({"userlist.txt", "init.sql"})
 def is_private(name: str) -> bool:
     """Whether a rendered file holds secrets (verifiers or passwords) and must be 0600."""
     return name in PRIVATE_FILES or name.startswith(".env")
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Any template under ``templates/`` with the caller's context (the bench's experiments)."""
+    return _render(name, **context)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 
 from poolkit.envfile import read_env
+from poolkit.launch import launch, raise_nofile
 
 RESTART_DELAY_S = 0.2
 """Pause before a restart; keeps a crash loop from spinning while restarting within ~1 s."""
@@ -42,14 +42,6 @@ STOP_TIMEOUT_S = 10.0
 def log(message: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"{stamp} supervisor[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
-
-
-def raise_nofile() -> tuple[int, int]:
-    """Raise the open-files soft limit to the hard one (PgBouncer needs one per client)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 class Supervisor:
@@ -68,7 +60,7 @@ class Supervisor:
             self.child.send_signal(signum)
 
     def start_child(self) -> None:
-        self.child = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
+        self.child = launch(self.command, env=self.env)
         self.child_started = time.monotonic()
         log(f"started {Path(self.command[0]).name} pid {self.child.pid}")
 
@@ -137,8 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.env_file:
         env |= read_env(args.env_file)
     if args.raise_nofile:
-        soft, _hard = raise_nofile()
-        log(f"open files limit {soft}")
+        log(f"open files limit {raise_nofile()}")
     supervisor = Supervisor(args.command, env, args.child_pidfile)
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)

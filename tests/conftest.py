@@ -178,3 +178,19 @@ def local_stack() -> Iterator[LocalStack]:
         yield stack
     finally:
         stop_local_stack(stack)
+
+
+LAYER_ORDER = ("unit", "pulumi", "integration", "infra", "security", "reliability", "bench",
+               "apps", "e2e")  # fmt: skip
+"""Fastest layers first, so a unit failure shows in seconds; a folder not listed runs last."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the test folders in LAYER_ORDER (pytest would take them alphabetically)."""
+
+    def layer(item: pytest.Item) -> int:
+        parts = Path(item.path).resolve().relative_to(REPO_ROOT).parts
+        folder = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+        return LAYER_ORDER.index(folder) if folder in LAYER_ORDER else len(LAYER_ORDER)
+
+    items.sort(key=layer)  # stable: the order inside a folder stays pytest's

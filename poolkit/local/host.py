@@ -7,6 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from poolkit.launch import launch
 from poolkit.local.errors import LocalError, log_tail
 from poolkit.local.machine import ServiceUser, own, service_python
 from poolkit.local.processes import pid_alive, port_listening, terminate, wait_for
@@ -63,13 +64,11 @@ class Host:
         python, _paths = service_python(self.user)
         argv = [python, "-m", SUPERVISOR, "--pidfile", str(self.paths.supervisor_pid(name)),
                 *options, "--", *command]  # fmt: skip
-        with log.open("ab") as out:
-            try:
-                process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                           stdout=out, stderr=out, start_new_session=True,
-                                           **self.user.popen_kwargs())  # fmt: skip
-            except OSError as error:
-                raise LocalError(f"cannot start the supervisor of {name}: {error}") from None
+        try:
+            process = launch(argv, env=env, cwd=cwd, log=log, new_session=True,
+                             as_user=self.user.popen_kwargs())  # fmt: skip
+        except OSError as error:
+            raise LocalError(f"cannot start the supervisor of {name}: {error}") from None
         return process.pid
 
     def wait_listening(self, name: str, pid: int, port: int, logs: list[Path]) -> None:

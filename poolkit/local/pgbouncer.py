@@ -6,7 +6,6 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from poolkit import console
 from poolkit import secrets as stack_secrets
@@ -17,7 +16,7 @@ from poolkit.local.host import Host
 from poolkit.local.machine import PACKAGE_ROOT, python_path
 from poolkit.local.processes import read_pid, terminate
 from poolkit.local.progress import Journal
-from poolkit.local.state import SUPERVISOR
+from poolkit.local.state import SUPERVISOR, StackState
 from poolkit.urls import postgres_url
 
 # PgBouncer settings it reads only at start (https://www.pgbouncer.org/config.html).
@@ -150,7 +149,7 @@ class PgBouncer:
         credentials: stack_secrets.Secrets,
         changed: dict[str, str],
         pid: int | None,
-        old: dict[str, Any],
+        old: StackState | None,
         journal: Journal,
     ) -> None:
         """Start, RELOAD or restart PgBouncer so that it runs the rendered files."""
@@ -176,5 +175,5 @@ class PgBouncer:
         elif ini_changed or "userlist.txt" in changed:
             what = ", ".join(keys) or "userlist.txt"
             with progress.step(f"reloading PgBouncer (RELOAD: {what} changed)"):
-                self.reload(credentials, old.get("pgbouncer_port", port))
+                self.reload(credentials, old.pgbouncer_port if old else port)
             journal.actions.append(f"reloaded PgBouncer ({what}); clients stay connected")

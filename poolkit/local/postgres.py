@@ -17,7 +17,7 @@ from poolkit.local.errors import LocalError
 from poolkit.local.files import changed_keys, conf_settings
 from poolkit.local.host import Host
 from poolkit.local.machine import PACKAGE_ROOT, check_reachable, own
-from poolkit.local.processes import pid_alive, processes_in, wait_for
+from poolkit.local.processes import pid_alive, pid_exists, processes_in, wait_for
 from poolkit.local.progress import Journal
 from poolkit.local.state import POSTGRES_PID, Paths
 from poolkit.secrets import Credential
@@ -41,10 +41,8 @@ def wait_for_orphans(paths: Paths, notes: list[str]) -> None:
         return
     if not first.isdigit() or pid_alive(int(first), "postgres"):
         return
-    postmaster = Path(f"/proc/{first}")
-
     def leftovers() -> list[int]:
-        return processes_in(paths.data) + ([int(first)] if postmaster.exists() else [])
+        return processes_in(paths.data) + ([int(first)] if pid_exists(int(first)) else [])
 
     left = leftovers()
     if not left:

@@ -11,18 +11,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 STOP_WAIT_S = 15.0
 
 
 def pid_alive(pid: int, needle: str) -> bool:
     """Whether ``pid`` runs and its command line holds ``needle`` (not a recycled pid/zombie)."""
     try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and needle in " ".join(process.cmdline())
+    except psutil.Error:
         return False
-    state = stat_line.rpartition(")")[2].split()[0]
-    return state != "Z" and needle in cmdline
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether any process (a zombie too) has ``pid``."""
+    return psutil.pid_exists(pid)
 
 
 def read_pid(path: Path, needle: str, notes: list[str] | None = None) -> int | None:
@@ -43,22 +48,19 @@ def processes_in(directory: Path) -> list[int]:
     """Pids whose working directory is ``directory`` (Postgres backends work in the data dir)."""
     target = str(directory.resolve())
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(entry / "cwd") == target:
-                    found.append(int(entry.name))
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.cwd() == target:
+                found.append(process.pid)
     return found
 
 
 def process_user(pid: int) -> str:
+    """The name of the OS user ``pid`` runs as (its real uid), or ``?``."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Uid:"):
-                return pwd.getpwuid(int(line.split()[1])).pw_name
-    except (OSError, KeyError):
-        pass
-    return "?"
+        return pwd.getpwuid(psutil.Process(pid).uids().real).pw_name
+    except (psutil.Error, KeyError):
+        return "?"
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -31,7 +31,7 @@ from poolkit.local.pgbouncer import PgBouncer, admin_url, paused_if_possible, st
 from poolkit.local.postgres import Postgres, wait_for_orphans
 from poolkit.local.processes import port_in_use, port_listening, process_user, read_pid, terminate
 from poolkit.local.progress import Journal, Progress
-from poolkit.local.state import SUPERVISOR, Paths
+from poolkit.local.state import SUPERVISOR, Paths, StackState
 from poolkit.render import render_all
 from poolkit.sizing import Plan, plan
 
@@ -51,7 +51,6 @@ class UpResult:
     env_files: list[Path]
     actions: list[str] = field(default_factory=list)
     apps: list[Replica] = field(default_factory=list)
-    apps_note: str = ""
     seconds: float = 0.0
 
 
@@ -93,24 +92,6 @@ class Runner:
 
     # -- what runs --
 
-    def load_state(self) -> dict[str, Any]:
-        return self.paths.load_state()
-
-    def postgres_pid(self, notes: list[str] | None = None) -> int | None:
-        return self.paths.postgres_pid(notes)
-
-    def supervisor_pid(self, name: str, notes: list[str] | None = None) -> int | None:
-        return self.paths.supervisor(name, notes)
-
-    def supervised(self) -> list[str]:
-        return self.paths.supervised()
-
-    def admin_url(self, credentials: stack_secrets.Secrets, port: int) -> str:
-        return admin_url(credentials, port)
-
-    def stats_url(self, credentials: stack_secrets.Secrets, port: int) -> str:
-        return stats_url(credentials, port)
-
     def running(self) -> Running:
         notes: list[str] = []
         wait_for_orphans(self.paths, notes)
@@ -147,11 +128,6 @@ class Runner:
         )
         self._check_data_version(stack, tools)
         replicas = apps.replicas(the_plan, rendered)
-        adapter = project_root / "apps" / "http_adapter.py"
-        apps_note = ""
-        if replicas and not adapter.is_file():
-            apps_note = f"no sample apps started: {adapter} does not exist yet"
-            replicas = []
         if replicas:
             check_reachable(project_root, user, "the project")
 
@@ -162,8 +138,7 @@ class Runner:
         self._check_ports(stack, replicas, now, old)
 
         result = UpResult(stack=stack, plan=the_plan, tools=tools, user=user.name,
-                          state_dir=paths.root, env_files=[], apps=replicas,
-                          apps_note=apps_note)  # fmt: skip
+                          state_dir=paths.root, env_files=[], apps=replicas)  # fmt: skip
         journal = Journal(progress, result.actions)
         host = Host(paths, tools.pgbin, user)
         try:
@@ -172,35 +147,36 @@ class Runner:
             changed = files.write_conf(paths.conf, rendered, user)
             if stack.pgbouncer.client_tls:
                 files.ensure_tls(paths.conf, user)
-            paths.save_state(self._state(stack, tools, user, replicas, project_root, old))
+            recorded = self._state(stack, tools, user, replicas, project_root, old)
+            paths.save_state(recorded)
             Postgres(host).converge(stack, tools.pg_version, project_root, credentials.superuser,
                                     changed, now.postgres, journal,
                                     self._pause_for_restart(now, old, credentials))  # fmt: skip
             PgBouncer(host, str(tools.pgbouncer)).converge(
                 stack, tools.pgbouncer_version, credentials, changed, now.pgbouncer, old, journal
             )
-            old_apps = {a["key"]: a for a in old.get("apps", [])}
+            old_apps = old.app_records() if old else {}
             apps.converge(host, project_root, replicas, now.apps, old_apps, changed, journal)
         except BaseException:
             journal.rollback()
             raise
         result.env_files = files.write_env_files(rendered, env_file)
-        state = paths.load_state()
-        state["env_files"] = sorted({*state.get("env_files", []), *map(str, result.env_files)})
-        paths.save_state(state)
+        env_files = sorted({*recorded.env_files, *map(str, result.env_files)})
+        paths.save_state(dataclasses.replace(recorded, env_files=env_files))
         if not result.actions:
             result.actions.append("nothing to change: every process was already running")
         result.seconds = time.monotonic() - t0
         return result
 
     def _pause_for_restart(
-        self, now: Running, old: dict[str, Any], credentials: stack_secrets.Secrets
+        self, now: Running, old: StackState | None, credentials: stack_secrets.Secrets
     ) -> Callable[[], AbstractContextManager[None]]:
         """PAUSE on the running PgBouncer around a Postgres restart, so no client is dropped."""
-        if not (now.pgbouncer and old.get("database") and old.get("pgbouncer_port")):
+        if not (now.pgbouncer and old):
             return contextlib.nullcontext
-        admin = admin_url(credentials, old["pgbouncer_port"])
-        return lambda: paused_if_possible(admin, old["database"], PAUSE_TIMEOUT_S,
+        admin = admin_url(credentials, old.pgbouncer_port)
+        database = old.database
+        return lambda: paused_if_possible(admin, database, PAUSE_TIMEOUT_S,
                                           self.progress.warn)  # fmt: skip
 
     def _check_data_version(self, stack: StackConfig, tools: Tools) -> None:
@@ -216,14 +192,14 @@ class Runner:
 
     @staticmethod
     def _check_ports(
-        stack: StackConfig, replicas: list[Replica], now: Running, old: dict[str, Any]
+        stack: StackConfig, replicas: list[Replica], now: Running, old: StackState | None
     ) -> None:
         """Every port a process of ours will newly bind must be free, checked up front."""
-        old_apps = {a["key"]: a for a in old.get("apps", [])}
+        old_apps = old.app_records() if old else {}
         wanted = []
-        if not (now.postgres and old.get("postgres_port") == stack.postgres.port):
+        if not (now.postgres and old and old.postgres_port == stack.postgres.port):
             wanted.append((stack.postgres.port, "poolkit:postgres.port"))
-        if not (now.pgbouncer and old.get("pgbouncer_port") == stack.pgbouncer.port):
+        if not (now.pgbouncer and old and old.pgbouncer_port == stack.pgbouncer.port):
             wanted.append((stack.pgbouncer.port, "poolkit:pgbouncer.port"))
         for replica in replicas:
             if not (
@@ -245,23 +221,16 @@ class Runner:
         user: ServiceUser,
         replicas: list[Replica],
         project_root: Path,
-        old: dict[str, Any],
-    ) -> dict[str, Any]:
-        return {
-            "stack": stack.stack,
-            "user": user.name,
-            "pgbin": str(tools.pgbin),
-            "pg_major": tools.pg_major,
-            "pgbouncer": str(tools.pgbouncer),
-            "pgbouncer_version": tools.pgbouncer_version,
-            "postgres_port": stack.postgres.port,
-            "pgbouncer_port": stack.pgbouncer.port,
-            "database": stack.database.name,
-            "app_user": stack.database.app_user,
-            "project_root": str(project_root),
-            "apps": [r.record() for r in replicas],
-            "env_files": old.get("env_files", []),
-        }  # fmt: skip
+        old: StackState | None,
+    ) -> StackState:
+        return StackState(
+            stack=stack.stack, user=user.name, pgbin=str(tools.pgbin), pg_major=tools.pg_major,
+            pgbouncer=str(tools.pgbouncer), pgbouncer_version=tools.pgbouncer_version,
+            postgres_port=stack.postgres.port, pgbouncer_port=stack.pgbouncer.port,
+            database=stack.database.name, app_user=stack.database.app_user,
+            project_root=str(project_root), apps=[r.record() for r in replicas],
+            env_files=old.env_files if old else [],
+        )  # fmt: skip
 
     # -- down / status --
 
@@ -283,12 +252,12 @@ class Runner:
                         terminate(pid, SUPERVISOR)
                     done.append(f"stopped {name}")
         if self.paths.data.is_dir() and self.paths.postgres_pid():
-            pgbin = Path(state.get("pgbin") or detect_tools().pgbin)
+            pgbin = Path(state.pgbin) if state else detect_tools().pgbin
             with self.progress.step("stopping PostgreSQL"):
                 Postgres(Host(self.paths, pgbin, service_user())).stop()
             done.append("stopped PostgreSQL")
         if purge:
-            for env_file in state.get("env_files", []):
+            for env_file in state.env_files if state else []:
                 Path(env_file).unlink(missing_ok=True)
                 done.append(f"deleted {env_file}")
             if self.paths.root.exists():
@@ -309,20 +278,20 @@ class Runner:
                 "listening": bool(port and pid and port_listening(port)),
             })  # fmt: skip
 
-        entry("postgres", self.paths.postgres_pid(), state.get("postgres_port"))
+        entry("postgres", self.paths.postgres_pid(), state.postgres_port if state else None)
         bouncer = self.paths.supervisor("pgbouncer")
         child = read_pid(self.paths.run / "pgbouncer.pid", "pgbouncer") if bouncer else None
-        entry("pgbouncer", bouncer, state.get("pgbouncer_port"), child)
-        for app in state.get("apps", []):
+        entry("pgbouncer", bouncer, state.pgbouncer_port if state else None, child)
+        for app in state.apps if state else []:
             entry(app["key"], self.paths.supervisor(app["key"]), app["port"])
         pools: list[dict[str, Any]] = []
         credentials = stack_secrets.load(self.paths.secrets)
-        if bouncer and credentials and state.get("pgbouncer_port"):
+        if bouncer and credentials and state:
             with contextlib.suppress(Exception):
-                url = stats_url(credentials, state["pgbouncer_port"])
+                url = stats_url(credentials, state.pgbouncer_port)
                 pools = [{k: row[k] for k in POOL_COLUMNS} for row in console.pools(url)
                          if row["database"] != "pgbouncer"]  # fmt: skip
-        return {"stack": state.get("stack"), "state_dir": str(self.paths.root),
+        return {"stack": state.stack if state else None, "state_dir": str(self.paths.root),
                 "initialised": (self.paths.data / "PG_VERSION").exists(),
                 "components": components, "pools": pools,
-                "env_files": state.get("env_files", [])}  # fmt: skip
+                "env_files": state.env_files if state else []}  # fmt: skip

@@ -7,7 +7,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,48 @@ from poolkit.local.processes import read_pid
 POSTGRES_PID = "postmaster.pid"
 SUPERVISOR = "poolkit.supervisor"
 """What a supervisor's command line holds (pid files are checked against it)."""
+
+
+@dataclass(frozen=True)
+class StackState:
+    """What ``state.json`` records: what ``up`` started, where, as whom, with what.
+
+    Saved and loaded only through :meth:`Paths.save_state` and :meth:`Paths.load_state`.
+    """
+
+    stack: str
+    user: str
+    """The OS user the servers run as."""
+    pgbin: str
+    pg_major: int
+    pgbouncer: str
+    """Path of the PgBouncer binary."""
+    pgbouncer_version: str
+    postgres_port: int
+    pgbouncer_port: int
+    database: str
+    app_user: str
+    project_root: str
+    apps: list[dict[str, Any]] = field(default_factory=list)
+    """``Replica.record()`` of each sample-app replica."""
+    env_files: list[str] = field(default_factory=list)
+    """Every .env file ``up`` wrote (``down --purge`` deletes them)."""
+
+    def app_records(self) -> dict[str, dict[str, Any]]:
+        """The apps' records by replica key (``app-<name>-<index>``)."""
+        return {record["key"]: record for record in self.apps}
+
+    @classmethod
+    def from_json(cls, text: str) -> StackState | None:
+        """The state in ``text``, or None when it is no state of this version."""
+        try:
+            data = json.loads(text)
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except (ValueError, TypeError):
+            return None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
 
 
 @dataclass(frozen=True)
@@ -59,14 +101,15 @@ class Paths:
             folder.chmod(0o700)
             own(folder, user)
 
-    def load_state(self) -> dict[str, Any]:
+    def load_state(self) -> StackState | None:
+        """The stack's recorded state; None before the first ``up`` (or when unreadable)."""
         try:
-            return json.loads(self.state.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+            return StackState.from_json(self.state.read_text(encoding="utf-8"))
+        except OSError:
+            return None
 
-    def save_state(self, state: dict[str, Any]) -> None:
-        self.state.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    def save_state(self, state: StackState) -> None:
+        self.state.write_text(state.to_json(), encoding="utf-8")
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

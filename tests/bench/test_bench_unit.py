@@ -87,7 +87,7 @@ def test_parse_pgbench_reads_summary() -> None:
 def test_pgbench_gets_the_password_only_through_its_environment() -> None:
     password = "s3cret:/@?#% x"
     url = postgres_url("app", password, "127.0.0.1", 6432, "app")
-    argv, env = bench._client_env(url)
+    argv, env = bench.client_env(url)
     assert argv == ["-h", "127.0.0.1", "-p", "6432", "-U", "app", "app"]
     assert all(password not in arg for arg in argv)
     assert env["PGPASSWORD"] == password

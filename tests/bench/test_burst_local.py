@@ -168,7 +168,7 @@ def test_naive_pgbouncer_serves_and_stops(bench_parts: bench.Bench) -> None:
     naive = bench_parts.start_naive()
     ini = (bench_parts.scratch.root / "naive" / "0.ini").read_text()
     assert "default_pool_size = 20" in ini and "max_client_conn = 100" in ini
-    run = bench.pgbench(bench_parts.pgbench_binary, bench_parts._migrator_url(naive.port),
+    run = bench.pgbench(bench_parts.pgbench_binary, bench_parts.migrator_url(naive.port),
                         "naive", connect_each=True, seconds=1, bouncer_pids=naive.pids)
     assert run.error == "" and run.transactions > 0, run
     bench_parts.scratch.stop(naive)
@@ -184,7 +184,7 @@ def test_low_iteration_verifier_logs_in_through_two_reuseport_processes(
     ini = (bench_parts.scratch.root / "kit-256-x2" / "1.ini").read_text()
     assert "so_reuseport = 1" in ini and f"listen_port = {kit.port}" in ini
     assert f"default_pool_size = {POOL}" in ini, "the kit's own rendered settings"
-    run = bench.pgbench(bench_parts.pgbench_binary, bench_parts._migrator_url(kit.port),
+    run = bench.pgbench(bench_parts.pgbench_binary, bench_parts.migrator_url(kit.port),
                         "kit", connect_each=True, seconds=1, bouncer_pids=kit.pids)
     assert run.error == "" and run.transactions > 0, run
     with psycopg.connect(bench_parts.direct, connect_timeout=5) as conn:
@@ -199,7 +199,7 @@ def test_restoring_the_migrator_makes_the_stacks_own_verifier_valid_again(
     original = bench_parts.secrets.migrator
     bench.set_verifier(bench_parts.direct, bench.migrator_with(bench_parts.direct, 64))
     kit = bench_parts.start_kit(original.iterations, credential=original)
-    url = bench_parts._migrator_url(kit.port)
+    url = bench_parts.migrator_url(kit.port)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=5, prepare_threshold=None).close()
     bench_parts.scratch.stop(kit)

@@ -70,7 +70,7 @@ def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
         bring_up(stack, build_cache=BUILD_CACHE)
         yield stack
     finally:
-        cache = "cached" if BUILD_CACHE else "no cache"
+        cache = "with the build cache: cold on a first run" if BUILD_CACHE else "no cache"
         FIGURES[f"e2e stack {stack.name}: seconds (image builds {cache}, run in parallel)"] = (
             stack.timings)
         write_timings(stack, LOG_DIR / "e2e-timings.json")

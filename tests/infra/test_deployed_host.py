@@ -103,8 +103,15 @@ def test_no_password_in_any_command_line(host: Host, deployment: Deployment) -> 
 @pytest.mark.parametrize("name", ["postgres", "pgbouncer"])
 def test_no_password_in_server_environments(host: Host, deployment: Deployment, name: str) -> None:
     passwords = _passwords(deployment)
-    for pid in _pids(host, name):
+    assert passwords
+    pids = _pids(host, name)
+    assert pids, f"no {name} process found: nothing was checked"
+    checked = 0
+    for pid in pids:
         environ = host.run(f"cat /proc/{pid}/environ")
         if environ.rc != 0:  # the process ended meanwhile
             continue
-        assert not [p for p in passwords if p in environ.stdout], f"{name} pid {pid}"
+        checked += 1
+        leaked = sum(p in environ.stdout for p in passwords)  # a count: never print a password
+        assert leaked == 0, f"{leaked} password(s) in the environment of {name} pid {pid}"
+    assert checked, f"the environment of no {name} process could be read ({len(pids)} found)"

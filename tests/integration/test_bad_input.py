@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -53,16 +54,15 @@ class Workspace:
 def _processes_mentioning(needle: str) -> list[str]:
     """Command lines of processes whose arguments or working directory name ``needle``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or entry.name == str(os.getpid()):
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
+            cmdline, cwd = " ".join(process.cmdline()), process.cwd()
+        except psutil.Error:
             continue
         if needle in cmdline or cwd.startswith(needle):
-            found.append(f"{entry.name}: {cmdline[:120]}")
+            found.append(f"{process.pid}: {cmdline[:120]}")
     return found
 
 

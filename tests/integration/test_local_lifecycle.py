@@ -6,11 +6,10 @@ Tests in this module run in order on one stack (module scope) and change its con
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
@@ -96,7 +95,7 @@ def test_new_app_password_reapplies_init_sql_and_reloads(stack: LocalStack) -> N
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(old_url, prepare_threshold=None, connect_timeout=5).close()
     for pid in _pids_of(stack):
-        assert password not in Path(f"/proc/{pid}/cmdline").read_text()
+        assert password not in " ".join(psutil.Process(pid).cmdline())
 
 
 def test_ports_in_use_are_refused_before_anything_starts(stack: LocalStack) -> None:
@@ -182,13 +181,6 @@ def test_down_purge_leaves_no_process_and_no_files(stack: LocalStack) -> None:
 
 def _pids_of(stack: LocalStack) -> list[int]:
     """Processes whose command line names the stack's state dir (servers, supervisors)."""
-    needle = str(stack.state_dir).encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
+    needle = str(stack.state_dir)
+    return [process.pid for process in psutil.process_iter(["cmdline"])
+            if needle in " ".join(process.info["cmdline"] or [])]  # fmt: skip

@@ -207,10 +207,29 @@ def test_pgbouncer_starts_after_postgres_and_apps_after_pgbouncer(dev: Deploymen
         assert pgbouncer.urn in app.dependencies, f"{app.urn} does not wait for PgBouncer"
 
 
+ENGINE_NAMED = (CONTAINER, NETWORK, VOLUME)
+"""Docker objects whose names are unique on one engine."""
+
+
+def fixed_identity(resource: Registered) -> list[str]:
+    """What two copies of ``resource`` cannot share on one engine: its name, its host ports."""
+    fixed = [f"name {resource.args['name']}"] if resource.args.get("name") else []
+    return fixed + [f"host port {port['external']}" for port in resource.args.get("ports", [])
+                    if port.get("external")]  # fmt: skip
+
+
 def test_containers_are_replaced_safely(dev: Deployment) -> None:
-    """Fixed names and host ports: the old container must be deleted before its replacement."""
+    """Fixed names and host ports: the old container must be deleted before its replacement.
+
+    The rule comes from each container's own inputs, so a container that gains a fixed name
+    or port without the option fails here; and Docker cannot change a running container's
+    healthcheck, so a changed one must be a replacement.
+    """
     for container in dev.containers().values():
-        assert container.delete_before_replace, f"{container.urn}: delete_before_replace unset"
+        fixed = fixed_identity(container)
+        assert fixed, f"{container.urn}: expected a fixed name (the stack's docker names)"
+        assert container.delete_before_replace, f"{container.urn}: {', '.join(fixed)} would clash"
+        assert "healthcheck" in container.args, container.urn
         assert "healthcheck" in container.replace_on_changes, container.urn
 
 
@@ -449,5 +468,12 @@ def test_client_tls_is_refused_before_any_resource() -> None:
 
 
 def test_fixed_names_are_replaced_delete_first(dev: Deployment) -> None:
+    """Every container, network and volume the program registers with a fixed name or host
+    port (found from its inputs, not listed here) deletes before it is replaced."""
+    fixed = [r for r in dev.resources if r.type in ENGINE_NAMED and fixed_identity(r)]
+    assert {NETWORK, VOLUME} <= {r.type for r in fixed}
     for resource in dev.of_type(NETWORK) + dev.of_type(VOLUME):
         assert resource.delete_before_replace, f"{resource.urn}: delete_before_replace unset"
+    for resource in fixed:
+        assert resource.delete_before_replace, (
+            f"{resource.urn}: {', '.join(fixed_identity(resource))} would clash on replace")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -50,11 +50,6 @@ def user_of(url: str) -> str:
 
 def command_lines() -> str:
     """Every process's arguments, as ``ps -eww -o args`` would show them."""
-    lines = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-            except (OSError, UnicodeDecodeError):
-                continue
+    lines = [" ".join(process.info["cmdline"] or [])
+             for process in psutil.process_iter(["cmdline"])]  # fmt: skip
     return "\n".join(lines) + f"\n(pid {os.getpid()} included)"

@@ -56,9 +56,12 @@ def test_render_writes_every_file_with_private_modes(runner: CliRunner, tmp_path
 
 def test_render_twice_is_byte_stable(runner: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
+    first_run = runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
+    assert first_run.exit_code == 0, first_run.output
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
+    assert {"pgbouncer.ini", "userlist.txt", ".env", "secrets.json"} <= set(first)
+    second_run = runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
+    assert second_run.exit_code == 0, second_run.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 

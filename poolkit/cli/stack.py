@@ -1,0 +1,75 @@
+"""Commands on a stack's config and outputs, no process involved: plan, render, env."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from poolkit import secrets as stack_secrets
+from poolkit.cli.errors import config_error
+from poolkit.cli.options import StackChoice, plan_or_exit, stack_options, warn
+from poolkit.cli.output import echo, plan_lines, wrote
+from poolkit.config import ConfigError
+from poolkit.envfile import write_private
+from poolkit.layouts import docker_layout
+from poolkit.render import is_private, render_all
+
+
+@click.command("plan")
+@stack_options()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plan_command(stack: StackChoice, as_json: bool) -> None:
+    """Show the sizing plan: Postgres settings, PgBouncer pool, per-app connection limits."""
+    config = stack.config()
+    warn(config)
+    result = plan_or_exit(config)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        echo(plan_lines(result))
+
+
+@click.command("render")
+@stack_options()
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the rendered files (created if missing).")
+def render_command(stack: StackChoice, out: Path) -> None:
+    """Write every rendered file for the Docker target; files with secrets get mode 0600.
+
+    Passwords come from POOLKIT_APP_PASSWORD / POOLKIT_MIGRATOR_PASSWORD or are generated
+    once and kept in OUT/secrets.json (0600), so rendering again is byte-stable.
+    """  # fmt: skip
+    config = stack.config()
+    warn(config)
+    result = plan_or_exit(config)
+    secrets_file = out / "secrets.json"
+    try:
+        credentials = stack_secrets.resolve(config, "postgres", stack_secrets.load(secrets_file))
+    except ConfigError as error:
+        raise config_error(error) from None
+    stack_secrets.save(secrets_file, credentials)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in render_all(config, result, credentials, docker_layout(config)).items():
+        path = out / name
+        if is_private(name):
+            write_private(path, text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        click.echo(wrote(path, is_private(name)))
+
+
+@click.command("env")
+@stack_options()
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write (default: .env.<stack> in the project root).")
+def env_command(stack: StackChoice, out: Path | None) -> None:
+    """Write .env.<stack> (mode 0600) from the outputs of the deployed Pulumi stack.
+
+    Runs `pulumi stack output --json --show-secrets`; needs the Pulumi CLI.
+    """  # fmt: skip
+    from poolkit import pulumi_target
+
+    path = pulumi_target.write_env(stack.stack_name(), out=out)
+    click.echo(wrote(path, private=True))
