@@ -6,6 +6,8 @@ file contents come from ``poolkit.sizing`` and ``poolkit.render``.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -59,8 +61,21 @@ HEALTH_RETRIES = 15
 HEALTH_START_PERIOD = "1m0s"
 
 
+_IMAGE_SAFE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+"""A stack name that may stand as it is inside an image name (Docker: lower case, no runs of
+separators)."""
+
+
 def docker_name(stack: str, *parts: str) -> str:
-    """``poolkit-<stack>-<parts…>``: the name of a container, network, volume or image."""
+    """``poolkit-<stack>-<parts…>``: the name of a container, network, volume or image.
+
+    Pulumi stack names may hold upper case and runs of ``._-``, which image names refuse: such a
+    name is lower-cased and its separator runs become ``-``, with a short hash of the real name
+    so that ``My.App`` and ``my-app`` stay apart.
+    """
+    if not _IMAGE_SAFE.fullmatch(stack):
+        digest = hashlib.sha256(stack.encode()).hexdigest()[:8]
+        stack = "-".join([*re.findall(r"[a-z0-9]+", stack.lower()), digest])
     return "-".join(("poolkit", stack, *parts))
 
 

@@ -48,7 +48,7 @@ class Environment(pulumi.ComponentResource):
     """Everything a stack runs, wired in order: Postgres (healthy), then PgBouncer, then apps.
 
     Secret outputs: ``env_file`` (the host's ``.env`` text), ``direct_url``, ``pooled_url``
-    (Prisma flavoured ``DATABASE_URL``) and ``pooled_libpq_url`` (``POOLED_DATABASE_URL``).
+    (``DATABASE_URL``, libpq-clean) and ``pooled_libpq_url`` (``POOLED_DATABASE_URL``, the same).
     """
 
     network: docker.Network

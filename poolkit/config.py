@@ -22,7 +22,9 @@ from poolkit.units import GIB, MIB, parse_size
 NAMESPACE = "poolkit"
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+STACK_NAME = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9_.-]{1,100}\Z")
+"""Pulumi's stack names: letters, digits, ``-``, ``_``, ``.`` (not ``.`` or ``..`` alone)."""
+STACK_NAME_FIX = "use letters, digits, -, _ and . (at most 100), as Pulumi does"
 PGBOUNCER_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
 # Roles the kit creates for itself; database users may not take these names.
 RESERVED_ROLES = frozenset({"postgres", "pgbouncer", "pgbouncer_admin", "pgbouncer_stats"})
@@ -417,12 +419,10 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
     Keys outside the ``poolkit:`` namespace (provider settings such as ``docker:host``) are left
     alone; keys without a namespace belong to the project, as in Pulumi.
     """
-    problems: list[Problem] = []
-    if not STACK_NAME.match(stack):
-        problems.append(Problem("stack", stack, "is not a valid stack name",
-                                "use lower-case letters, digits and -"))  # fmt: skip
+    problems = stack_name_problems(stack)
     if raw is not None and not isinstance(raw, Mapping):
-        raise ConfigError([Problem("config", raw, "must be a mapping", "write `config:` keys")])
+        raise ConfigError([*problems, Problem("config", raw, "must be a mapping",
+                                              "write `config:` keys")])  # fmt: skip
     ours: dict[str, Any] = {}
     for key, value in (raw or {}).items():
         namespace, _, name = str(key).rpartition(":")
@@ -456,6 +456,13 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
     return StackConfig(**{**config.__dict__, "warnings": _warnings(config)})
 
 
+def stack_name_problems(stack: str) -> list[Problem]:
+    """The problem with ``stack`` as a stack name, if any (a list, to join the file's others)."""
+    if STACK_NAME.match(stack):
+        return []
+    return [Problem("stack", stack, "is not a valid stack name", STACK_NAME_FIX)]
+
+
 def stack_path(root: Path, stack: str) -> Path:
     """Where the settings file of ``stack`` lives in a project root."""
     return root / f"Pulumi.{stack}.yaml"
@@ -480,13 +487,17 @@ def load_stack(path: Path, stack: str | None = None) -> StackConfig:
             "create it, or pass --stack NAME for Pulumi.NAME.yaml in the project root",
         )]) from None  # fmt: skip
     except yaml.YAMLError as error:
-        raise ConfigError([Problem("--stack-file", where, f"is not valid YAML: {error}",
+        raise ConfigError([*stack_name_problems(stack or stack_name_of(path)),
+                           Problem("--stack-file", where, f"is not valid YAML: {error}",
                                    "fix the YAML syntax")]) from None  # fmt: skip
     if document is None:
         document = {}
     if not isinstance(document, Mapping) or not isinstance(document.get("config", {}), Mapping):
-        raise ConfigError([Problem("config", where, "must be a mapping under `config:`",
-                                   "start the file with `config:` and indent keys under it")])
+        raise ConfigError([
+            *stack_name_problems(stack or stack_name_of(path)),
+            Problem("config", where, "must be a mapping under `config:`",
+                    "start the file with `config:` and indent keys under it"),
+        ])  # fmt: skip
     return parse_stack(document.get("config") or {}, stack or stack_name_of(path))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from poolkit.config import STACK_NAME, StackConfig
+from poolkit.config import STACK_NAME, STACK_NAME_FIX, StackConfig
 from poolkit.envfile import write_private
 from poolkit.project import NoProject, project_root
 
@@ -34,9 +34,9 @@ class Outputs:
     DIRECT_URL = "direct_url"
     """Postgres as the owner role: migrations, LISTEN/NOTIFY, advisory locks (secret)."""
     POOLED_URL = "pooled_url"
-    """PgBouncer, Prisma flavoured (``DATABASE_URL``; secret)."""
+    """PgBouncer, libpq-clean (``DATABASE_URL``; secret)."""
     POOLED_LIBPQ_URL = "pooled_libpq_url"
-    """PgBouncer for libpq clients (``POOLED_DATABASE_URL``; secret)."""
+    """The same URL under the sample apps' name (``POOLED_DATABASE_URL``; secret)."""
     ENV_FILE = "env_file"
     """The ``.env`` text for the host (secret); ``poolkit env`` writes it to ``.env.<stack>``."""
     SECRET = (DIRECT_URL, POOLED_URL, POOLED_LIBPQ_URL, ENV_FILE)
@@ -109,7 +109,7 @@ def pulumi_env(project: Path) -> dict[str, str]:
 def _stack_name(stack: str | StackConfig) -> str:
     name = stack.stack if isinstance(stack, StackConfig) else stack
     if not STACK_NAME.match(name):
-        raise PulumiError(f"--stack {name!r}: use lower-case letters, digits and -")
+        raise PulumiError(f"--stack {name!r} is not a valid stack name: {STACK_NAME_FIX}")
     return name
 
 

@@ -15,7 +15,7 @@ import jinja2
 from poolkit.config import StackConfig
 from poolkit.secrets import Credential, Secrets
 from poolkit.sizing import AppPlan, Plan
-from poolkit.urls import postgres_url, prisma_params
+from poolkit.urls import postgres_url, prisma_engine_params
 
 
 @dataclass(frozen=True)
@@ -158,10 +158,12 @@ def render_env(
     pool_timeout = plan.pool.pool_timeout
     host, port, db = layout.public_host, layout.public_pgbouncer_port, stack.database.name
     tls = {"sslmode": "require"} if stack.pgbouncer.client_tls else {}
+    pooled = _url(secrets.app, host, port, db, **tls)
+    engine = prisma_engine_params(connection_limit, pool_timeout, plan.prepared_statements)
     urls = {
-        "DATABASE_URL": _url(secrets.app, host, port, db,
-                             **prisma_params(connection_limit, pool_timeout), **tls),
-        "POOLED_DATABASE_URL": _url(secrets.app, host, port, db, **tls),
+        "DATABASE_URL": pooled,
+        "POOLED_DATABASE_URL": pooled,
+        "PRISMA_ENGINE_DATABASE_URL": _url(secrets.app, host, port, db, **engine, **tls),
         "DIRECT_URL": _url(secrets.migrator, layout.public_postgres_host,
                            layout.public_postgres_port, db),
         "PGBOUNCER_STATS_URL": _url(secrets.pgbouncer_stats, host, port, "pgbouncer", **tls),

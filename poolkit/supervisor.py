@@ -45,8 +45,15 @@ def log(message: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, command: Sequence[str], env: dict[str, str], child_pidfile: Path | None):
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: dict[str, str],
+        child_pidfile: Path | None,
+        stop_signal: signal.Signals | None = None,
+    ):
         self.command = list(command)
+        self.stop_signal = stop_signal
         self.env = env
         self.child_pidfile = child_pidfile
         self.child: subprocess.Popen[bytes] | None = None
@@ -57,7 +64,7 @@ class Supervisor:
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
         if self.child and self.child.poll() is None:
-            self.child.send_signal(signum)
+            self.child.send_signal(self.stop_signal or signum)
 
     def start_child(self) -> None:
         self.child = launch(self.command, env=self.env)
@@ -96,11 +103,11 @@ class Supervisor:
     def stop_child(self) -> None:
         """Second line of defence at exit: a child still running gets SIGKILL after a grace."""
         if self.child and self.child.poll() is None:
-            self.child.terminate()
+            self.child.send_signal(self.stop_signal or signal.SIGTERM)
             try:
                 self.child.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                log("child ignored SIGTERM; killing it")
+                log("child did not stop; killing it")
                 self.child.kill()
                 self.child.wait()
 
@@ -119,6 +126,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="raise RLIMIT_NOFILE soft to hard before starting the child",
     )
+    parser.add_argument(
+        "--stop-signal",
+        type=lambda name: signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"],
+        help="signal that stops the child gracefully (default: the one the supervisor got); "
+        "PgBouncer: INT, its safe shutdown on every version (1.23+ waits for clients on TERM)",
+    )
     parser.add_argument("command", nargs="+", help="the child's command line (after --)")
     return parser.parse_args(argv)  # fmt: skip
 
@@ -130,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env |= read_env(args.env_file)
     if args.raise_nofile:
         log(f"open files limit {raise_nofile()}")
-    supervisor = Supervisor(args.command, env, args.child_pidfile)
+    supervisor = Supervisor(args.command, env, args.child_pidfile, args.stop_signal)
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     args.pidfile.write_text(f"{os.getpid()}\n", encoding="utf-8")

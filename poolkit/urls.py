@@ -26,12 +26,17 @@ def postgres_url(
     return url
 
 
-def prisma_params(connection_limit: int, pool_timeout: int) -> dict[str, str | int]:
-    """Query parameters Prisma's engine (Prisma <= 6, no driver adapter) reads from the URL.
+def prisma_engine_params(
+    connection_limit: int, pool_timeout: int, prepared_statements: bool
+) -> dict[str, str | int]:
+    """Query parameters Prisma's query engine (Prisma <= 6, no driver adapter) reads from the URL.
 
-    libpq rejects them as unknown URI parameters, so they only go on ``DATABASE_URL``.
+    ``pgbouncer=true`` (Prisma's prepared statements off) only when PgBouncer cannot track them:
+    Prisma's documentation says to leave it out from PgBouncer 1.21 with prepared statements on.
+    libpq rejects all of these as unknown URI parameters, so they never go on ``DATABASE_URL``.
     """
-    return {"pgbouncer": "true", "connection_limit": connection_limit, "pool_timeout": pool_timeout}
+    params: dict[str, str | int] = {} if prepared_statements else {"pgbouncer": "true"}
+    return params | {"connection_limit": connection_limit, "pool_timeout": pool_timeout}
 
 
 _PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")

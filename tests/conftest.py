@@ -134,9 +134,14 @@ def write_stack_file(
 
 
 def start_local_stack(
-    prefix: str, name: str, *, with_apps: bool = True, **sections: dict[str, Any]
+    prefix: str,
+    name: str,
+    *,
+    with_apps: bool = True,
+    env: dict[str, str] | None = None,
+    **sections: dict[str, Any],
 ) -> LocalStack:
-    """Write a stack file on free ports and ``poolkit up --no-smoke`` it."""
+    """Write a stack file on free ports and ``poolkit up --no-smoke`` it (``env`` added)."""
     base = make_base_dir(prefix)
     taken: set[int] = set()
     postgres_port, pgbouncer_port = free_ports(1, taken), free_ports(1, taken)
@@ -158,7 +163,7 @@ def start_local_stack(
                        env_file=base / f".env.{name}", postgres_port=postgres_port,
                        pgbouncer_port=pgbouncer_port, app_ports=app_ports)  # fmt: skip
     try:
-        stack.poolkit("up", "--no-smoke")
+        stack.poolkit("up", "--no-smoke", env=env)
     except BaseException:  # pytest.fail raises an outcome exception, not an Exception
         stop_local_stack(stack)
         raise
@@ -181,7 +186,7 @@ def local_stack() -> Iterator[LocalStack]:
 
 
 LAYER_ORDER = ("unit", "pulumi", "integration", "infra", "security", "reliability", "bench",
-               "apps", "e2e")  # fmt: skip
+               "apps", "drivers", "e2e")  # fmt: skip
 """Fastest layers first, so a unit failure shows in seconds; a folder not listed runs last."""
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from poolkit import secrets as stack_secrets
-from poolkit.cli.errors import config_error
+from poolkit.cli.errors import config_error, step_failed
 from poolkit.cli.options import StackChoice, plan_or_exit, stack_options, warn
 from poolkit.cli.output import echo, plan_lines, wrote
-from poolkit.config import ConfigError
+from poolkit.config import ConfigError, StackConfig
 from poolkit.envfile import write_private
 from poolkit.layouts import docker_layout
 from poolkit.render import is_private, render_all
@@ -19,16 +19,39 @@ from poolkit.render import is_private, render_all
 
 @click.command("plan")
 @stack_options()
+@click.option("--target", type=click.Choice(["pulumi", "local"]), default="pulumi",
+              show_default=True,
+              help="local: plan for the PostgreSQL and PgBouncer installed here, as `up` does; "
+                   "pulumi: for the versions the stack declares (the Docker images).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plan_command(stack: StackChoice, as_json: bool) -> None:
+def plan_command(stack: StackChoice, target: str, as_json: bool) -> None:
     """Show the sizing plan: Postgres settings, PgBouncer pool, per-app connection limits."""
     config = stack.config()
     warn(config)
+    if target == "local":
+        config = installed_versions(config)
     result = plan_or_exit(config)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
         echo(plan_lines(result))
+
+
+def installed_versions(config: StackConfig) -> StackConfig:
+    """``config`` with this machine's server versions, detected as ``up --target local`` does."""
+    from rich.console import Console
+
+    from poolkit import local
+
+    try:
+        tools = local.detect_tools()
+    except local.LocalError as error:
+        raise step_failed(error) from None
+    try:
+        local.require_prepared_statements(tools)
+    except local.LocalError as error:
+        click.secho(f"warning: `up` refuses this PgBouncer: {error}", fg="yellow", err=True)
+    return local.installed_stack(config, tools, local.Progress(Console(stderr=True)))
 
 
 @click.command("render")

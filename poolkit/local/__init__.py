@@ -27,6 +27,7 @@ from poolkit.local.machine import ServiceUser as ServiceUser
 from poolkit.local.machine import Tools as Tools
 from poolkit.local.machine import check_reachable as check_reachable
 from poolkit.local.machine import detect_tools as detect_tools
+from poolkit.local.machine import require_prepared_statements as require_prepared_statements
 from poolkit.local.machine import service_python as service_python
 from poolkit.local.machine import service_user as service_user
 from poolkit.local.pgbouncer import PgBouncer as PgBouncer
@@ -41,5 +42,6 @@ from poolkit.local.processes import wait_for as wait_for
 from poolkit.local.progress import Progress as Progress
 from poolkit.local.runner import Runner as Runner
 from poolkit.local.runner import UpResult as UpResult
+from poolkit.local.runner import installed_stack as installed_stack
 from poolkit.local.state import Paths as Paths
 from poolkit.local.state import default_state_dir as default_state_dir

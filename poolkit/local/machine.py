@@ -21,6 +21,10 @@ PG_TOOLS = ("postgres", "initdb", "pg_ctl", "psql")
 INSTALL_HINT = "run ./scripts/bootstrap, or: apt-get install -y postgresql pgbouncer"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The project checkout poolkit runs from (templates, images/, apps/)."""
+KIT_PGBOUNCER = PACKAGE_ROOT / ".poolkit" / "bin" / "pgbouncer"
+"""PgBouncer built by scripts/build-pgbouncer from Debian's source; preferred when present."""
+ALLOW_NO_PREPARED = "POOLKIT_ALLOW_NO_PREPARED_STATEMENTS"
+PREPARED_STATEMENTS_SINCE = (1, 21)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,10 @@ def detect_tools() -> Tools:
     if pgbin is None:
         raise LocalError(f"PostgreSQL server binaries ({', '.join(PG_TOOLS)}) not found "
                          f"under {PG_ROOT}/*/bin or on PATH: {INSTALL_HINT}")  # fmt: skip
-    bouncer = os.environ.get("POOLKIT_PGBOUNCER") or shutil.which("pgbouncer")
+    bouncer = os.environ.get("POOLKIT_PGBOUNCER")
+    if not bouncer and KIT_PGBOUNCER.is_file():
+        bouncer = str(KIT_PGBOUNCER)
+    bouncer = bouncer or shutil.which("pgbouncer")
     if not bouncer and Path("/usr/sbin/pgbouncer").is_file():
         bouncer = "/usr/sbin/pgbouncer"
     if not bouncer or not Path(bouncer).is_file():
@@ -70,6 +77,25 @@ def detect_tools() -> Tools:
         pg_version=pg_match.group(1) + (pg_match.group(2) or ""),
         pgbouncer=Path(bouncer),
         pgbouncer_version=bouncer_match.group(1),
+    )
+
+
+def require_prepared_statements(tools: Tools) -> None:
+    """Refuse a PgBouncer that cannot track prepared statements, unless the user opted in.
+
+    Under transaction pooling such a PgBouncer gives driver defaults (psycopg, asyncpg,
+    node-postgres named queries) errors or, worse, another client's results.
+    """
+    version = tuple(int(part) for part in tools.pgbouncer_version.split(".")[:2])
+    if version >= PREPARED_STATEMENTS_SINCE or os.environ.get(ALLOW_NO_PREPARED) == "1":
+        return
+    raise LocalError(
+        f"PgBouncer {tools.pgbouncer_version} ({tools.pgbouncer}) cannot track prepared "
+        "statements in transaction mode: with their defaults, psycopg, asyncpg and node-postgres "
+        "named queries get errors or another client's results. Fix: run ./scripts/bootstrap "
+        "(it builds PgBouncer 1.24 from Debian's source; its output says why when it cannot), "
+        "or set POOLKIT_PGBOUNCER to a PgBouncer >= 1.21; or, to run this one with prepared "
+        f"statements off in every client (.env says how), export {ALLOW_NO_PREPARED}=1"
     )
 
 

@@ -120,7 +120,7 @@ class PgBouncer:
                             PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
         pid = self.host.spawn_supervised(NAME, command, env, self.paths.root,
                                          "--child-pidfile", str(self.paths.run / "pgbouncer.pid"),
-                                         "--raise-nofile")  # fmt: skip
+                                         "--raise-nofile", "--stop-signal", "INT")  # fmt: skip
         self.host.wait_listening(
             "PgBouncer",
             pid,

@@ -25,6 +25,7 @@ from poolkit.local.machine import (
     Tools,
     check_reachable,
     detect_tools,
+    require_prepared_statements,
     service_user,
 )
 from poolkit.local.pgbouncer import PgBouncer, admin_url, paused_if_possible, stats_url
@@ -118,6 +119,7 @@ class Runner:
     def _up(self, stack: StackConfig, project_root: Path, env_file: Path, t0: float) -> UpResult:
         paths, progress = self.paths, self.progress
         tools = detect_tools()
+        require_prepared_statements(tools)
         user = service_user()
         check_reachable(paths.root, user, "the state dir")
         stack = installed_stack(stack, tools, progress)

@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from apps import db
 from poolkit import secrets as stack_secrets
 from tests.conftest import (
     REPO_ROOT,
@@ -132,8 +134,8 @@ class AppStack:
     def pgbouncer_down(self) -> Iterator[None]:
         """PgBouncer dies and stays down for the block; then its supervisor restarts it.
 
-        The supervisor is held with SIGSTOP while PgBouncer gets SIGTERM (an immediate
-        shutdown on 1.18: clients see their connections drop), so the outage is certain to
+        The supervisor is held with SIGSTOP while PgBouncer gets SIGKILL (clients see their
+        connections drop, on every PgBouncer version), so the outage is certain to
         last the block instead of the supervisor's ~0.2 s; SIGCONT lets it restart PgBouncer.
         Uses in quick succession may count towards the supervisor's crash-loop limit (5 in 10 s).
         """
@@ -143,7 +145,7 @@ class AppStack:
         old = self.local.pgbouncer_pid()
         os.kill(supervisor, signal.SIGSTOP)
         try:
-            os.kill(old, signal.SIGTERM)
+            os.kill(old, signal.SIGKILL)
             wait_until(lambda: not listening(port), 10, "PgBouncer stopping")
             yield
         finally:
@@ -239,3 +241,28 @@ def start_app(tmp_path: Path) -> Iterator[StartApp]:
     yield start
     for app in started:
         app.stop()
+
+
+def mixed_clients(settings: db.Settings, clients: int, rounds: int) -> tuple[int, int]:
+    """Clients each on their own pooled connection, one transaction per query; (errors, wrong)."""
+    errors = wrong = 0
+
+    def client(k: int) -> tuple[int, int]:
+        bad = mismatched = 0
+        with db.connect(settings) as conn:
+            for i in range(rounds):
+                n = k * 1000 + i
+                try:
+                    row = db.in_transaction(
+                        conn, lambda c, n=n: c.execute("SELECT %s::int + 7", (n,)).fetchone()
+                    )
+                    mismatched += row != (n + 7,)
+                except psycopg.Error:
+                    bad += 1
+        return bad, mismatched
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        for bad, mismatched in pool.map(client, range(clients)):
+            errors += bad
+            wrong += mismatched
+    return errors, wrong

@@ -28,6 +28,7 @@ import pytest
 from poolkit import console
 from poolkit.local import port_in_use
 from poolkit.pulumi_target import Outputs
+from tests.drivers import harness
 from tests.infra.docker_facts import container_facts
 from tests.pulumi.harness import PROJECT
 
@@ -246,6 +247,29 @@ def test_workers_app_connects_per_request_and_leaves_no_client(stack: E2EStack) 
     while [c for c in console.show(stats, "CLIENTS") if c["addr"] == address]:
         assert time.monotonic() < deadline, "the Workers app keeps a client connection"
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def driver_stack(stack: E2EStack) -> E2EStack:
+    """The stack with the driver suite's table, made over DIRECT_URL; node modules ready."""
+    harness.prepare_node()
+    harness.create_table(stack.env_file)
+    return stack
+
+
+def test_database_url_works_unchanged_in_psql(stack: E2EStack) -> None:
+    done = subprocess.run(["psql", stack.env()["DATABASE_URL"], "-Atc", "select 1"],
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+
+
+@pytest.mark.parametrize("driver", harness.ALL_DRIVERS)
+def test_driver_defaults_get_every_result_right(driver_stack: E2EStack, driver: str) -> None:
+    """The image's PgBouncer (trixie, 1.24) tracks prepared statements: driver defaults work."""
+    assert driver_stack.env()["PGBOUNCER_PREPARED_STATEMENTS"] == "on"
+    figures = harness.run_driver(driver, driver_stack.env_file, "docker")
+    assert figures["queries"] > 0
+    assert (figures["wrong"], figures["errors"]) == (0, 0), figures["first_problem"]
 
 
 def test_teardown_removes_everything_labelled_with_the_run(stack: E2EStack) -> None:

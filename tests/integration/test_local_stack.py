@@ -25,7 +25,7 @@ def test_env_file_is_private_and_names_every_url(local_stack: LocalStack) -> Non
     assert mode == 0o600
     assert env["POOLED_DATABASE_URL"].endswith(f"@127.0.0.1:{local_stack.pgbouncer_port}/app")
     assert env["DIRECT_URL"].endswith(f"@127.0.0.1:{local_stack.postgres_port}/app")
-    assert env["PGBOUNCER_PREPARED_STATEMENTS"] == "off"  # PgBouncer 1.18 on bookworm
+    assert env["PGBOUNCER_PREPARED_STATEMENTS"] == "on"  # PgBouncer >= 1.21 (scripts/bootstrap)
 
 
 def test_smoke_passes_every_check(local_stack: LocalStack) -> None:

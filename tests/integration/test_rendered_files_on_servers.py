@@ -27,6 +27,8 @@ from poolkit.secrets import load as load_secrets
 from poolkit.sizing import plan
 from tests.conftest import LocalStack, free_ports
 
+DISTRIBUTION_PGBOUNCER = Path("/usr/sbin/pgbouncer")
+
 pytestmark = pytest.mark.integration
 
 # pg_settings units -> kB or seconds
@@ -100,24 +102,26 @@ def test_running_pgbouncer_reports_the_plan(local_stack: LocalStack) -> None:
 
 
 def test_pgbouncer_version_gate_matters(local_stack: LocalStack) -> None:
-    """The installed PgBouncer refuses an ini rendered for 1.24 and accepts its own."""
-    detected = str(local_stack.state()["pgbouncer_version"])
-    if scram_tuple(detected) >= (1, 21):
-        pytest.skip(f"installed PgBouncer {detected} accepts max_prepared_statements")
-    config, running = _running_plan(local_stack)
-    declared = replace(config, pgbouncer=replace(config.pgbouncer, version="1.24"))
+    """The distribution's PgBouncer (bookworm: 1.18, older than 1.21) refuses an ini rendered for
+    1.24 and accepts one rendered for its own version."""
+    done = subprocess.run([str(DISTRIBUTION_PGBOUNCER), "--version"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    found = re.search(r"PgBouncer (\d+\.\d+\.\d+)", done.stdout)
+    if found is None or tuple(map(int, found[1].split(".")[:2])) >= (1, 21):
+        pytest.skip(f"no PgBouncer older than 1.21 at {DISTRIBUTION_PGBOUNCER}: {done.stdout}")
+    config, _running = _running_plan(local_stack)
     folder = Path(tempfile.mkdtemp(prefix="poolkit-gate-", dir="/tmp"))
     folder.chmod(0o755)
     try:
         port = free_ports(1)
         results = {}
-        for label, stack, the_plan in (("declared", declared, plan(declared)),
-                                       ("detected", config, running)):  # fmt: skip
+        for label, version in (("declared", "1.24"), ("detected", found[1])):
+            stack = replace(config, pgbouncer=replace(config.pgbouncer, version=version))
             layout = replace(local_layout(stack, folder, "postgres"), pgbouncer_port=port,
                              pgbouncer_dir=str(folder), pgbouncer_pidfile="",
                              pgbouncer_logfile="", pgbouncer_socket_dir="")  # fmt: skip
             ini = folder / f"{label}.ini"
-            ini.write_text(render_pgbouncer_ini(stack, the_plan, layout))
+            ini.write_text(render_pgbouncer_ini(stack, plan(stack), layout))
             (folder / "userlist.txt").write_text("")
             shutil.chown(folder / "userlist.txt", "postgres")
             results[label] = _try_pgbouncer(ini)
@@ -128,19 +132,14 @@ def test_pgbouncer_version_gate_matters(local_stack: LocalStack) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def scram_tuple(version: str) -> tuple[int, int]:
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
-
-
 def _try_pgbouncer(ini: Path) -> str:
     """Start PgBouncer on ``ini`` for at most 2 s as the postgres user; return its log."""
-    command = ["runuser", "-u", "postgres", "--", "pgbouncer", str(ini)]
+    command = ["runuser", "-u", "postgres", "--", str(DISTRIBUTION_PGBOUNCER), str(ini)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=2)
         return done.stdout + done.stderr
     except subprocess.TimeoutExpired as running:
-        subprocess.run(["pkill", "-f", f"pgbouncer {ini}"], check=False)
+        subprocess.run(["pkill", "-f", f"{DISTRIBUTION_PGBOUNCER} {ini}"], check=False)
         return (running.stdout or b"").decode() + (running.stderr or b"").decode()
 
 

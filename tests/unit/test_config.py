@@ -175,6 +175,28 @@ def test_bad_stack_name_is_refused() -> None:
         parse_stack({}, "Dev Stack")
 
 
+@pytest.mark.parametrize("name", ["dev", "my_app", "My.App-2", "a", "x" * 100, "_b", "v1.2"])
+def test_stack_names_pulumi_accepts_are_accepted(name: str) -> None:
+    assert parse_stack({}, name).stack == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "dev stack", "dev\n", "x" * 101, "é"])
+def test_bad_stack_name_is_reported_with_the_files_other_problems(name: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_stack({"poolkit:postgres": {"cpus": 0}, "poolkit:bogus": 1}, name)
+    keys = [problem.key for problem in error.value.problems]
+    assert keys[0] == "stack" and "poolkit:postgres.cpus" in keys and "poolkit:bogus" in keys
+    assert "letters, digits, -, _ and ." in str(error.value)
+
+
+def test_bad_stack_name_joins_a_broken_file(tmp_path: Path) -> None:
+    broken = tmp_path / "Pulumi.bad name.yaml"
+    broken.write_text("config: [1, 2]\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_stack(broken)
+    assert [problem.key for problem in error.value.problems] == ["stack", "config"]
+
+
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,

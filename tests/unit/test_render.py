@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from poolkit.envfile import parse_env
 from poolkit.layouts import docker_layout
@@ -88,6 +89,22 @@ def test_pgbouncer_ini_for_1_18_omits_parameters_it_rejects() -> None:
     assert "prepare_threshold=None" in _files("1.18")[".env"]
 
 
+@pytest.mark.parametrize(("version", "max_prepared", "engine_flag"), [
+    ("1.18", None, True), ("1.21", None, False), ("1.24", None, False), ("1.24", 0, True),
+])
+def test_pgbouncer_true_only_where_prepared_statements_are_not_tracked(
+    version: str, max_prepared: int | None, engine_flag: bool
+) -> None:
+    config = stack(pgbouncer={"version": version, "max_prepared_statements": max_prepared})
+    env = parse_env(render_all(config, plan(config), secrets(), docker_layout(config))[".env"])
+    for libpq_clean in ("DATABASE_URL", "POOLED_DATABASE_URL", "DIRECT_URL"):
+        assert "?" not in env[libpq_clean]
+        conninfo_to_dict(env[libpq_clean])
+    engine_url = env["PRISMA_ENGINE_DATABASE_URL"]
+    assert ("pgbouncer=true" in engine_url) is engine_flag
+    assert "connection_limit=" in engine_url and "pool_timeout=" in engine_url
+
+
 def test_userlist_and_init_sql_hold_verifiers_never_passwords() -> None:
     files = _files()
     creds = secrets()
@@ -102,9 +119,10 @@ def test_userlist_and_init_sql_hold_verifiers_never_passwords() -> None:
 def test_env_urls_point_at_the_right_ports_and_users() -> None:
     env = parse_env(_files(apps=[APPS[0]])[".env"])
     assert env["DATABASE_URL"].startswith("postgresql://app:")
-    assert "@127.0.0.1:16432/app?pgbouncer=true&connection_limit=1&pool_timeout=10" in env[
-        "DATABASE_URL"]
-    assert env["POOLED_DATABASE_URL"].endswith("@127.0.0.1:16432/app")
+    assert env["DATABASE_URL"].endswith("@127.0.0.1:16432/app")
+    assert env["POOLED_DATABASE_URL"] == env["DATABASE_URL"]
+    assert env["PRISMA_ENGINE_DATABASE_URL"] == (
+        env["DATABASE_URL"] + "?connection_limit=1&pool_timeout=10")
     assert env["DIRECT_URL"].startswith("postgresql://migrator:")
     assert env["DIRECT_URL"].endswith("@127.0.0.1:15432/app")
     assert env["PGBOUNCER_STATS_URL"].endswith("@127.0.0.1:16432/pgbouncer")
@@ -115,7 +133,7 @@ def test_per_app_env_files_when_connection_limits_differ() -> None:
     files = _files(apps=APPS)
     assert {".env", ".env.orders", ".env.batch"} <= set(files)
     assert parse_env(files[".env.batch"])["POOL_CONNECTION_LIMIT"] == "2"
-    assert "connection_limit=2" in parse_env(files[".env.batch"])["DATABASE_URL"]
+    assert "connection_limit=2" in parse_env(files[".env.batch"])["PRISMA_ENGINE_DATABASE_URL"]
     assert parse_env(files[".env"])["POOL_CONNECTION_LIMIT"] == "1"
 
 
@@ -134,7 +152,7 @@ def test_awkward_password_stays_on_one_line_everywhere() -> None:
     config = stack()
     files = render_all(config, plan(config), secrets(app_password=awkward), docker_layout(config))
     env_lines = [line for line in files[".env"].splitlines() if "=" in line and line[0] != "#"]
-    assert len(env_lines) == 6
+    assert len(env_lines) == 7
     assert all(awkward not in text for text in files.values())
 
 
@@ -153,8 +171,9 @@ def test_client_tls_requires_tls_in_ini_and_urls() -> None:
     assert ini["client_tls_sslmode"] == "require"
     assert ini["client_tls_key_file"] == "/etc/pgbouncer/client-tls.key"
     env = parse_env(files[".env"])
-    assert env["POOLED_DATABASE_URL"].endswith("/app?sslmode=require")
-    assert env["DATABASE_URL"].endswith("&sslmode=require")
+    assert env["DATABASE_URL"].endswith("/app?sslmode=require")
+    assert env["POOLED_DATABASE_URL"] == env["DATABASE_URL"]
+    assert env["PRISMA_ENGINE_DATABASE_URL"].endswith("&sslmode=require")
     assert "sslmode" not in env["DIRECT_URL"]
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
 from poolkit import scram
-from poolkit.urls import mask, postgres_url, prisma_params
+from poolkit.urls import mask, postgres_url, prisma_engine_params
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +37,8 @@ def test_ipv6_host_is_bracketed() -> None:
 
 
 def test_libpq_rejects_prisma_parameters_so_they_stay_off_libpq_urls() -> None:
-    url = postgres_url("u", "p", "127.0.0.1", 6432, "d", prisma_params(1, 10))
+    params = prisma_engine_params(1, 10, prepared_statements=False)
+    url = postgres_url("u", "p", "127.0.0.1", 6432, "d", params)
     assert url.endswith("?pgbouncer=true&connection_limit=1&pool_timeout=10")
     with pytest.raises(Exception, match="pgbouncer"):
         conninfo_to_dict(url)
