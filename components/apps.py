@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_docker as docker
 
-from components.common import container_labels, docker_name, healthcheck, loopback_port
+from components.common import (
+    APP_LIFECYCLE,
+    container_labels,
+    docker_name,
+    healthcheck,
+    loopback_port,
+)
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
 from poolkit.layouts import network_layout
@@ -92,6 +98,7 @@ class ServerlessApp(pulumi.ComponentResource):
                 restart="unless-stopped",
                 wait=True,
                 wait_timeout=args.wait_timeout,
+                **APP_LIFECYCLE.container_args(),
                 labels=container_labels(stack.stack, f"app-{app.name}"),
                 opts=pulumi.ResourceOptions(
                     parent=self,

@@ -16,6 +16,7 @@ import pulumi
 import pulumi_docker as docker
 
 from poolkit.config import StackConfig
+from poolkit.layouts import STACK_LABEL
 from poolkit.render import Layout
 from poolkit.secrets import Secrets
 from poolkit.sizing import Plan
@@ -66,6 +67,43 @@ _IMAGE_SAFE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 separators)."""
 
 
+@dataclass(frozen=True)
+class Lifecycle:
+    """How a container is stopped: on ``docker stop``, on replacement and on ``pulumi destroy``.
+
+    ``stop_signal`` is what the server treats as a graceful shutdown; ``grace_s`` is how long it
+    may take before Docker sends SIGKILL. The same value goes to ``stop_timeout`` (``docker
+    stop`` by hand) and ``destroy_grace_seconds``: without the latter the provider removes a
+    container by force (SIGKILL) on every replacement and destroy.
+    """
+
+    stop_signal: str
+    grace_s: int
+
+    def container_args(self) -> dict[str, object]:
+        """Keyword arguments of ``docker.Container``."""
+        return {"stop_signal": self.stop_signal, "stop_timeout": self.grace_s,
+                "destroy_grace_seconds": self.grace_s}  # fmt: skip
+
+
+POSTGRES_LIFECYCLE = Lifecycle("SIGINT", 120)
+"""Fast shutdown: open transactions roll back, then the shutdown checkpoint writes every dirty
+buffer, so the next start needs no crash recovery. 120 s covers writing a large
+shared_buffers at a slow disk's pace; it ends as soon as the server has stopped."""
+APP_LIFECYCLE = Lifecycle("SIGTERM", 10)
+"""The sample apps finish the request in hand and exit on SIGTERM (apps/http_adapter.py)."""
+STOP_MARGIN_S = 5
+"""Seconds on top of a server's own bound, for its exit after the last client went."""
+
+
+def pgbouncer_lifecycle(query_wait_timeout: int) -> Lifecycle:
+    """Safe shutdown (SIGINT): no new clients; transactions in flight finish, then it exits.
+
+    Bounded by ``query_wait_timeout``: a client kept waiting longer is refused anyway.
+    """
+    return Lifecycle("SIGINT", query_wait_timeout + STOP_MARGIN_S)
+
+
 def docker_name(stack: str, *parts: str) -> str:
     """``poolkit-<stack>-<parts…>``: the name of a container, network, volume or image.
 
@@ -81,7 +119,7 @@ def docker_name(stack: str, *parts: str) -> str:
 
 def labels(stack: str, component: str) -> dict[str, str]:
     """Labels that let tools (and ``docker ps --filter``) find a stack's objects."""
-    return {"poolkit.stack": stack, "poolkit.component": component}
+    return {STACK_LABEL: stack, "poolkit.component": component}
 
 
 def label_args(kind: type[LabelArgs], stack: str, component: str) -> list[LabelArgs]:

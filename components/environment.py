@@ -21,11 +21,14 @@ from components.postgres import Postgres, PostgresArgs
 from poolkit import scram
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
-from poolkit.layouts import docker_layout
+from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout
 from poolkit.render import render_env
 from poolkit.secrets import ADMIN_USER, STATS_USER, Credential, Secrets, iterations_for
 from poolkit.sizing import Plan
 
+PYTHON_APP_SOURCE = "apps"
+"""Build context of the Python app image: the app's own folder, whose ``.dockerignore`` lets
+only its modules in, so an edit to tests, docs or stack files changes no image."""
 PASSWORD_LENGTH = 32
 """Generated passwords: 32 letters and digits (about 190 bits), nothing to escape in a URL."""
 
@@ -59,6 +62,8 @@ class Environment(pulumi.ComponentResource):
     direct_url: pulumi.Output[str]
     pooled_url: pulumi.Output[str]
     pooled_libpq_url: pulumi.Output[str]
+    versions: dict[str, int | str]
+    """What the images install and run: the Postgres major and the PgBouncer series."""
 
     def __init__(
         self, name: str, args: EnvironmentArgs, opts: pulumi.ResourceOptions | None = None
@@ -67,6 +72,7 @@ class Environment(pulumi.ComponentResource):
         stack, plan = args.stack, args.plan
         layout = docker_layout(stack)
         child = pulumi.ResourceOptions(parent=self)
+        self.versions = {"postgres": stack.postgres.version, "pgbouncer": DOCKER_PGBOUNCER_SERIES}
 
         # Not `internal`: Docker cannot publish ports of containers on an internal network.
         # Its isolation is that only this stack's containers join it.
@@ -93,7 +99,7 @@ class Environment(pulumi.ComponentResource):
             app_image = build_image(
                 f"{name}-app-image",
                 image_name=f"{docker_name(stack.stack, 'app')}:latest",
-                context=".",
+                context=PYTHON_APP_SOURCE,
                 dockerfile="images/app/Dockerfile",
                 build_args={"BASE_IMAGE": args.base_image},
                 parent=self,

@@ -15,10 +15,15 @@ from components.common import (
     healthcheck,
     image_ref,
     loopback_port,
+    pgbouncer_lifecycle,
     upload,
 )
 from poolkit.layouts import PGBOUNCER_ALIAS as NETWORK_ALIAS
 from poolkit.render import render_pgbouncer_ini, render_userlist
+from poolkit.secrets import STATS_USER
+
+CONSOLE_DATABASE = "pgbouncer"
+"""PgBouncer's admin console, where the stats user may log in."""
 
 
 @dataclass
@@ -46,7 +51,8 @@ class PgBouncer(pulumi.ComponentResource):
             image_name=f"{docker_name(stack.stack, 'pgbouncer')}:latest",
             context="images/pgbouncer",
             dockerfile="images/pgbouncer/Dockerfile",
-            build_args={"BASE_IMAGE": args.base_image},
+            build_args={"BASE_IMAGE": args.base_image,
+                        "PGBOUNCER_SERIES": stack.pgbouncer.version},
             parent=self,
         )
         userlist = pulumi.Output.secret(args.secrets.apply(render_userlist))
@@ -65,11 +71,15 @@ class PgBouncer(pulumi.ComponentResource):
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(
                 name=args.network, aliases=[NETWORK_ALIAS])],
             ports=[loopback_port(layout.pgbouncer_port, self.published_port)],
+            # As the stats user on the console: a role PgBouncer knows, so each check is one
+            # "login attempt" line in its log, not a "no such user" warning every 2 s.
             healthcheck=healthcheck(["pg_isready", "-h", "127.0.0.1", "-p",
-                                     str(layout.pgbouncer_port)]),
+                                     str(layout.pgbouncer_port), "-U", STATS_USER,
+                                     "-d", CONSOLE_DATABASE]),
             restart="unless-stopped",
             wait=True,
             wait_timeout=args.wait_timeout,
+            **pgbouncer_lifecycle(stack.pgbouncer.query_wait_timeout).container_args(),
             labels=container_labels(stack.stack, "pgbouncer"),
             opts=pulumi.ResourceOptions(
                 parent=self,

@@ -8,6 +8,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.common import (
+    POSTGRES_LIFECYCLE,
     ServerArgs,
     build_image,
     container_labels,
@@ -19,7 +20,11 @@ from components.common import (
     upload,
 )
 from poolkit.layouts import POSTGRES_ALIAS as NETWORK_ALIAS
+from poolkit.layouts import postgres_limits
 from poolkit.render import render_init_sql, render_pg_hba, render_postgresql_conf
+
+CPU_SHARES_PER_CPU = 1024
+"""Docker's weight of one CPU."""
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Postgres(pulumi.ComponentResource):
         ports = None
         if self.published_port is not None:
             ports = [loopback_port(layout.postgres_port, self.published_port)]
+        limits = postgres_limits(stack, args.plan)
 
         self.container = docker.Container(
             f"{name}-container",
@@ -87,11 +93,19 @@ class Postgres(pulumi.ComponentResource):
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(
                 name=args.network, aliases=[NETWORK_ALIAS])],
             ports=ports,
-            healthcheck=healthcheck(["pg_isready", "-h", "127.0.0.1", "-p",
-                                     str(layout.postgres_port)]),
+            # On the socket as the superuser, whom pg_hba.conf knows there: the check stops at
+            # the password request, which Postgres does not log. Over 127.0.0.1 every check
+            # would log a FATAL "no pg_hba.conf entry" (only the private network is allowed).
+            healthcheck=healthcheck(["pg_isready", "-h", layout.postgres_socket_dir, "-p",
+                                     str(layout.postgres_port), "-U", layout.superuser,
+                                     "-d", "postgres"]),
             restart="unless-stopped",
             wait=True,
             wait_timeout=args.wait_timeout,
+            shm_size=limits.shm_mb,
+            memory=limits.memory_mb,
+            cpu_shares=CPU_SHARES_PER_CPU * limits.cpus,
+            **POSTGRES_LIFECYCLE.container_args(),
             labels=container_labels(stack.stack, "postgres"),
             opts=pulumi.ResourceOptions(
                 parent=self,

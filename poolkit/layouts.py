@@ -9,9 +9,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from poolkit.config import StackConfig
+from poolkit.config import NAMESPACE, Problem, StackConfig
 from poolkit.render import Layout
+from poolkit.sizing import Plan
+from poolkit.units import MIB, parse_size
 
+DOCKER_POSTGRES_VERSIONS = (17,)
+"""Majors the Postgres image can build: it installs ``postgresql-<major>`` from Debian trixie,
+which ships 17 only (15 and 16 exist on the local target where the host has them)."""
+DOCKER_PGBOUNCER_SERIES = "1.24"
+"""The PgBouncer series Debian trixie ships; the image installs exactly that (``=1.24*``)."""
+
+STACK_LABEL = "poolkit.stack"
+"""Docker label naming the stack on each of its containers, networks and volumes."""
 POSTGRES_ALIAS = "postgres"
 PGBOUNCER_ALIAS = "pgbouncer"
 """Network aliases of the Postgres and PgBouncer containers on the stack's private network."""
@@ -71,3 +81,62 @@ def local_layout(stack: StackConfig, state_dir: Path, superuser: str) -> Layout:
         public_postgres_port=stack.postgres.port,
         public_pgbouncer_port=stack.pgbouncer.port,
     )
+
+DOCKER_DEFAULT_SHM_MB = 64
+"""Docker's /dev/shm when nothing is set: too small for parallel hash joins."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerLimits:
+    """Resources of the Postgres container: what the sizing assumed, enforced by Docker."""
+
+    memory_mb: int
+    """Hard memory limit: ``poolkit:postgres.memory``."""
+    cpus: int
+    """CPU limit: ``poolkit:postgres.cpus``."""
+    shm_mb: int
+    """/dev/shm, where Postgres puts dynamic shared memory (parallel hash joins and sorts)."""
+
+
+def postgres_limits(stack: StackConfig, plan: Plan) -> ContainerLimits:
+    """The container gets the memory and CPUs its settings were sized for, and /dev/shm as large
+    as the plan's shared_buffers (never below Docker's 64MB).
+
+    Parallel workers share their hash tables through /dev/shm: with the plan's work_mem and
+    workers per gather they outgrow 64MB ("could not resize shared memory segment"). Pages
+    there count against the memory limit only when used.
+    """
+    settings = {setting.name: setting.value for setting in plan.postgres}
+    shared_buffers_mb = parse_size(settings["shared_buffers"]) // MIB
+    return ContainerLimits(
+        memory_mb=stack.postgres.memory_bytes // MIB,
+        cpus=stack.postgres.cpus,
+        shm_mb=max(DOCKER_DEFAULT_SHM_MB, shared_buffers_mb),
+    )
+
+
+def docker_problems(stack: StackConfig) -> list[Problem]:
+    """What the Docker images cannot run for this stack, each with its fix (empty: all fine).
+
+    Checked before any resource exists, so ``pulumi up`` fails early instead of in a build.
+    """
+    problems = []
+    if stack.postgres.version not in DOCKER_POSTGRES_VERSIONS:
+        problems.append(Problem(
+            f"{NAMESPACE}:postgres.version", stack.postgres.version,
+            "cannot be built by the Docker image (Debian trixie ships PostgreSQL 17 only)",
+            "use 17 (pg_upgrade an existing 15/16 cluster), or the local target for 15/16",
+        ))  # fmt: skip
+    if stack.pgbouncer.version != DOCKER_PGBOUNCER_SERIES:
+        problems.append(Problem(
+            f"{NAMESPACE}:pgbouncer.version", stack.pgbouncer.version,
+            f"is not what the Docker image installs (PgBouncer {DOCKER_PGBOUNCER_SERIES} from "
+            "Debian trixie)",
+            f'use "{DOCKER_PGBOUNCER_SERIES}", or leave the key out',
+        ))  # fmt: skip
+    if stack.pgbouncer.client_tls:
+        problems.append(Problem(
+            f"{NAMESPACE}:pgbouncer.client_tls", True, "is not supported by the Docker target yet",
+            "remove it (or set false) for Pulumi stacks; the local target supports it",
+        ))  # fmt: skip
+    return problems

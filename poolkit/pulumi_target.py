@@ -21,38 +21,16 @@ import click
 
 from poolkit.config import STACK_NAME, STACK_NAME_FIX, StackConfig
 from poolkit.envfile import write_private
+from poolkit.layouts import STACK_LABEL
+from poolkit.outputs import Outputs
 from poolkit.project import NoProject, project_root
 
 INSTALL_URL = "https://www.pulumi.com/docs/install/"
 STATE_DIR = Path(".poolkit") / "pulumi-state"
 PASSPHRASE_FILE = Path(".poolkit") / "pulumi-passphrase"
-
-
-class Outputs:
-    """Stack output keys of ``__main__.py``, shared with ``poolkit env`` and the tests."""
-
-    DIRECT_URL = "direct_url"
-    """Postgres as the owner role: migrations, LISTEN/NOTIFY, advisory locks (secret)."""
-    POOLED_URL = "pooled_url"
-    """PgBouncer, libpq-clean (``DATABASE_URL``; secret)."""
-    POOLED_LIBPQ_URL = "pooled_libpq_url"
-    """The same URL under the sample apps' name (``POOLED_DATABASE_URL``; secret)."""
-    ENV_FILE = "env_file"
-    """The ``.env`` text for the host (secret); ``poolkit env`` writes it to ``.env.<stack>``."""
-    SECRET = (DIRECT_URL, POOLED_URL, POOLED_LIBPQ_URL, ENV_FILE)
-
-    POSTGRES_PORT = "postgres_port"
-    """Host port of Postgres on 127.0.0.1, or null when the stack does not publish it."""
-    PGBOUNCER_PORT = "pgbouncer_port"
-    APP_PORTS = "app_ports"
-    """App name -> host ports of its replicas."""
-    VERSIONS = "versions"
-    """``{"postgres": 17, "pgbouncer": "1.24"}`` as the stack declares them."""
-    PLAN = "plan"
-    """The sizing plan, as ``poolkit plan --json`` prints it."""
-    CONTAINERS = "containers"
-    """Container names: postgres, pgbouncer, and app name -> replica names."""
-    NETWORK = "network"
+LOG_TAIL_LINES = 30
+"""Lines of each failing container's log shown when ``pulumi up`` fails."""
+DOCKER_TIMEOUT_S = 30
 
 
 class PulumiError(click.ClickException):
@@ -178,12 +156,45 @@ def up(
     project = _project(project)
     env = pulumi_env(project)
     ensure_stack(name, project, env)
-    _run(["up", "--yes", "--stack", name], project, env)
+    try:
+        _run(["up", "--yes", "--stack", name], project, env)
+    except PulumiError as error:
+        # The provider waits out wait_timeout on a crashed or restarting container, then
+        # fails without its cause: show what the containers said.
+        tails = unhealthy_logs(name)
+        if tails:
+            raise PulumiError(f"{error.message}\n{tails}") from None
+        raise
     path = write_env(name, project, env_file)
     click.echo(f"wrote {path} (0600)", err=True)
     if smoke:
         run_smoke(path, project)
     return path
+
+
+def unhealthy_logs(stack: str) -> str:
+    """The log tail of each of the stack's containers that is not up and healthy ("" if none,
+    or without a ``docker`` CLI to ask)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return ""
+    listed = subprocess.run(
+        [docker, "ps", "--all", "--filter", f"label={STACK_LABEL}={stack}",
+         "--format", "{{.Names}}\t{{.Status}}"],
+        capture_output=True, text=True, check=False, timeout=DOCKER_TIMEOUT_S)  # fmt: skip
+    if listed.returncode != 0:
+        return ""
+    tails = []
+    for line in sorted(listed.stdout.splitlines()):
+        name, _, status = line.partition("\t")
+        if status.startswith("Up") and "(healthy)" in status:
+            continue
+        log = subprocess.run([docker, "logs", "--tail", str(LOG_TAIL_LINES), name],
+                             capture_output=True, text=True, check=False,
+                             timeout=DOCKER_TIMEOUT_S)  # fmt: skip
+        text = (log.stdout + log.stderr).rstrip() or "(empty log)"
+        tails.append(f"container {name} ({status}), last {LOG_TAIL_LINES} log lines:\n{text}")
+    return "\n".join(tails)
 
 
 def run_smoke(env_file: Path, project: Path) -> None:

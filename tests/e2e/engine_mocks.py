@@ -19,23 +19,43 @@ as floats, secrets wrapped; all three are handled here):
   networksAdvanced (name, aliases), volumes (volumeName, containerPath, readOnly), uploads
   (file, content, permissions, owner, group; copied in before start; owner/group names are
   resolved on this host, as the provider does, so pass numeric ids), healthcheck (tests,
-  interval, timeout, retries, startPeriod), restart, labels, user, wait, waitTimeout, mustRun.
-- ``random:index/randomPassword:RandomPassword``: length, upper, lower, numeric (and the
-  deprecated number), special, overrideSpecial, minUpper, minLower, minNumeric, minSpecial,
-  keepers. ``result`` is generated here with ``secrets.SystemRandom``, as the provider
-  generates it locally: the ``min*`` characters first, the rest from every enabled set, then
-  shuffled; special characters default to the provider's ``!@#$%&*()-_=+[]{}<>:?``. The id is
-  ``none``, as the provider's. ``bcryptHash`` is not returned (it reads as None).
-- ``random:index/randomId:RandomId``: byteLength, prefix, keepers. ``byteLength`` random bytes
-  from ``os.urandom``; ``id`` is their unpadded base64url form, and ``b64Url``, ``b64Std``
-  (padded), ``hex`` and ``dec`` (big-endian integer) carry ``prefix`` in front, as the
-  provider's do.
+  interval, timeout, retries, startPeriod), restart, labels, user, wait, waitTimeout, mustRun,
+  stopSignal, stopTimeout, destroyGraceSeconds, shmSize, memory (MB; swap as Docker defaults it),
+  cpuShares.
+- ``random:index/randomPassword:RandomPassword`` and ``random:index/randomId:RandomId``: values
+  from ``tests/pulumi/random_values.py`` with ``secrets.SystemRandom``, as the provider makes
+  them locally. The password's id is ``none``, as the provider's.
 - Component resources (``custom=False``) get an empty state.
 
-Not emulated: updates, replacement, deletion, refresh and diffs (every run creates fresh
-objects; ``cleanup`` removes them), previews, provider resources, imports and reads, and any
-other type or input. Those raise ``NotImplementedError("not emulated: ...")`` so a program
-cannot silently depend on behaviour this file does not reproduce.
+A second run of the program on the same instance (a changed stack: ``install`` it, run the
+program, ``finish_run``) does what ``pulumi up`` does with the provider:
+
+- inputs unchanged: the resource is kept (same id, same outputs, so passwords stay);
+- an image whose build context, Dockerfile or args changed (``context_digest``, honouring the
+  context's ``.dockerignore``) is built again: an update with a new ``repoDigest``;
+- a container whose changed inputs are only restart, memory or cpuShares is updated in place
+  (``docker update``); destroyGraceSeconds, wait, waitTimeout, mustRun and healthcheck only
+  change the state (the provider's schema does not force a new container for them, so a
+  changed healthcheck needs ``replace_on_changes``, which is honoured); any other change
+  (uploads, image, envs, ports, stopSignal, shmSize, …) replaces it, as that schema marks them;
+- networks, volumes and random values are replaced on any change;
+- a replacement deletes first when the resource has ``delete_before_replace`` (read from the
+  registration by ``OptionsMonitor``), else creates the new one first;
+- resources the run no longer registers are deleted after it (``finish_run``), dependents
+  first: the state keeps the order of first creation (a replacement keeps its place), which
+  is a dependency order, as Pulumi's snapshot is;
+  ``destroy`` deletes all of them.
+
+Delete: a container is stopped first when ``destroyGraceSeconds`` is set (``docker stop`` with that
+timeout: its stop signal, then SIGKILL), else removed by force (SIGKILL), as the provider does;
+its log is kept in ``removed_logs``. Networks and volumes are removed. Images stay (the
+provider's Image delete leaves the local image), and so do random values (state only).
+
+Not emulated: previews, refresh and drift (the engine is assumed to hold what the state says),
+Pulumi's replacement of dependents of a delete-before-replace resource (no program input here
+reads another container's outputs), provider resources, imports and reads, and any other type
+or input. Those raise ``NotImplementedError("not emulated: ...")`` so a program cannot
+silently depend on behaviour this file does not reproduce.
 
 Every object created carries the label ``poolkit.test-run=<run id>``; ``cleanup(run_id)``
 removes them. After a failure the runtime may return while other resources are still being
@@ -45,26 +65,32 @@ resources, waits for those in flight), so nothing appears after the clean-up.
 
 from __future__ import annotations
 
-import base64
 import gc
 import grp
+import hashlib
 import io
+import json
 import os
 import pwd
 import re
 import secrets
-import string
 import tarfile
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
 import pulumi
 from docker.errors import BuildError, DockerException
+from docker.utils.build import exclude_paths
 from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
+
+from tests.pulumi.random_values import random_id, random_password
 
 RUN_LABEL = "poolkit.test-run"
 NETWORK = "docker:index/network:Network"
@@ -73,8 +99,6 @@ IMAGE = "docker:index/image:Image"
 CONTAINER = "docker:index/container:Container"
 PASSWORD = "random:index/randomPassword:RandomPassword"
 RANDOM_ID = "random:index/randomId:RandomId"
-# terraform-provider-random's default special characters.
-SPECIAL = "!@#$%&*()-_=+[]{}<>:?"
 
 # Inputs each type accepts. Any other input set to a value (even False) is rejected; the
 # SDK itself fills Image.buildOnPreview and Image.skipPush.
@@ -85,7 +109,8 @@ _ACCEPTED: dict[str, set[str]] = {
     CONTAINER: {
         "name", "image", "command", "entrypoints", "envs", "ports", "networksAdvanced",
         "volumes", "uploads", "healthcheck", "restart", "labels", "user", "wait",
-        "waitTimeout", "mustRun",
+        "waitTimeout", "mustRun", "destroyGraceSeconds", "stopSignal", "stopTimeout", "shmSize",
+        "memory", "cpuShares",
     },
     PASSWORD: {
         "length", "upper", "lower", "numeric", "number", "special", "overrideSpecial",
@@ -101,6 +126,12 @@ _NESTED: dict[str, set[str]] = {
     "uploads": {"file", "content", "permissions", "owner", "group", "executable"},
     "healthcheck": {"tests", "interval", "timeout", "retries", "startPeriod"},
 }
+UPDATED_IN_PLACE = {"restart", "cpuShares", "memory"}
+"""Container inputs the provider changes on the running container (``docker update``); any
+other changed input replaces it, unless it is in ``STATE_ONLY``."""
+STATE_ONLY = {"destroyGraceSeconds", "wait", "waitTimeout", "mustRun", "healthcheck"}
+"""Container inputs without ForceNew in the provider's schema that its update does not apply:
+a change is recorded in the state, the container is left as it is."""
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
 _NANOS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 
@@ -183,41 +214,60 @@ def _resolve_id(value: str | None, lookup: Callable[[str], Any]) -> int:
     return int(value) if str(value).isdigit() else int(lookup(str(value))[2])
 
 
-def random_password(inputs: Mapping[str, Any]) -> str:
-    """A password as the provider makes one: required minimums, the rest from all sets, shuffled."""
-    rng = secrets.SystemRandom()
-    sets = {
-        "upper": (string.ascii_uppercase, "minUpper"),
-        "lower": (string.ascii_lowercase, "minLower"),
-        "numeric": (string.digits, "minNumeric"),
-        "special": (inputs.get("overrideSpecial") or SPECIAL, "minSpecial"),
-    }
-    length = int(inputs["length"])
-    enabled = {key: inputs.get(key) is not False for key in sets}
-    if inputs.get("number") is False:  # the deprecated spelling of numeric
-        enabled["numeric"] = False
-    chars: list[str] = []
-    for alphabet, minimum in sets.values():
-        chars += [rng.choice(alphabet) for _ in range(int(inputs.get(minimum) or 0))]
-    pool = "".join(alphabet for key, (alphabet, _) in sets.items() if enabled[key])
-    if length < 1 or len(chars) > length or not pool:
-        raise ValueError(f"RandomPassword: length {length} below its minimums, or no set enabled")
-    chars += [rng.choice(pool) for _ in range(length - len(chars))]
-    rng.shuffle(chars)
-    return "".join(chars)
+@dataclass
+class Applied:
+    """One resource as the engine holds it after a run: what the provider's state would be."""
+
+    typ: str
+    name: str
+    id: str
+    inputs: dict[str, Any]
+    """Plain inputs (secrets unwrapped), compared with the next run's."""
+    outputs: dict[str, Any]
+    """What ``new_resource`` returned (inputs, secrets still wrapped, plus computed outputs)."""
+    delete_before_replace: bool
+    digest: str = ""
+    """Images: the build context's digest, which is what makes the provider rebuild."""
 
 
-def random_id(inputs: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-    """(id, outputs) of ``byteLength`` random bytes; every output but the id gets ``prefix``."""
-    data = os.urandom(int(inputs["byteLength"]))
-    prefix = inputs.get("prefix") or ""
-    url = base64.urlsafe_b64encode(data).decode().rstrip("=")
-    return url, {"b64Url": prefix + url, "b64Std": prefix + base64.b64encode(data).decode(),
-                 "hex": prefix + data.hex(), "dec": prefix + str(int.from_bytes(data, "big"))}
+class OptionsMonitor(MockMonitor):
+    """The mock engine, handing each registration's resource options to the mocks first."""
+
+    def __init__(self, mocks: DockerEngineMocks) -> None:
+        super().__init__(mocks)
+        self.engine_mocks = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        key = (request.type, request.name)
+        self.engine_mocks.delete_before_replace[key] = bool(request.deleteBeforeReplace)
+        self.engine_mocks.replace_on_changes[key] = set(request.replaceOnChanges)
+        return super().RegisterResource(request)
+
+
+def context_digest(context: str, dockerfile: str, args: Mapping[str, str]) -> str:
+    """sha256 of what a build reads: the context's files that ``.dockerignore`` admits (names
+    and contents), the Dockerfile and the build args. A change of it makes the provider build
+    again, as pulumi-docker does with its own context hash."""
+    ignore = Path(context, ".dockerignore")
+    patterns = [line.strip() for line in ignore.read_text().splitlines()
+                if line.strip() and not line.startswith("#")] if ignore.exists() else []
+    digest = hashlib.sha256()
+    for relative in sorted(exclude_paths(context, patterns, dockerfile=None)):
+        path = Path(context, relative)
+        if path.is_file():
+            digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(Path(dockerfile).read_bytes())
+    digest.update(json.dumps(dict(args), sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 class DockerEngineMocks(pulumi.runtime.Mocks):
-    """Mocks whose ``new_resource`` creates each docker resource on the local engine."""
+    """Mocks whose ``new_resource`` applies each docker resource to the local engine.
+
+    One instance is one stack's engine state: run the program again with changed config
+    (``install`` then the program) and each resource is kept, updated, replaced or, once the
+    run is over (``finish_run``), deleted, as the provider would; ``destroy`` deletes them all.
+    """
 
     def __init__(self, run_id: str, client: docker.DockerClient | None = None,
                  functions: Mapping[str, dict[str, Any]] | None = None,
@@ -236,6 +286,35 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         self.timings: dict[str, float] = {}
         """Seconds per image build (``image <imageName>``) and per container create-to-healthy
         (``container <name>``)."""
+        self.state: dict[tuple[str, str], Applied] = {}
+        """(type, name) -> the resource as applied, in creation order."""
+        self.delete_before_replace: dict[tuple[str, str], bool] = {}
+        self.replace_on_changes: dict[tuple[str, str], set[str]] = {}
+        """(type, name) -> inputs whose change forces a replacement (``replace_on_changes``)."""
+        self.seen: set[tuple[str, str]] = set()
+        """Resources the current run registered; the rest are deleted by ``finish_run``."""
+        self.actions: list[tuple[str, str]] = []
+        """(action, resource name) of every step: create, same, update, replace, delete."""
+        self.stops: dict[str, float] = {}
+        """Container name -> seconds its graceful stop took on delete (the last one)."""
+        self.removed_logs: dict[str, str] = {}
+        """Container name -> its whole log when it was deleted (the last one)."""
+
+    def install(self, project: str, stack: str) -> None:
+        """Make these mocks the runtime's, for one run of a program (``preview=False``)."""
+        self.seen = set()
+        pulumi.runtime.set_mocks(self, project=project, stack=stack, preview=False,
+                                 monitor=OptionsMonitor(self))  # fmt: skip
+
+    def finish_run(self) -> None:
+        """Delete what the run did not register, in reverse creation order (dependents first)."""
+        for key in [key for key in reversed(self.state) if key not in self.seen]:
+            self._delete(self.state.pop(key))
+
+    def destroy(self) -> None:
+        """``pulumi destroy``: delete every resource, dependents first."""
+        self.seen = set()
+        self.finish_run()
 
     def close(self, timeout: float = 600) -> None:
         """Refuse further resources and wait for those being created to finish.
@@ -253,6 +332,7 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         """Close, then remove the run's objects; a run built without cache takes its layers."""
         self.close()
         cleanup(self.run_id, self.client, images, keep_cache=self.build_cache)
+        self.state.clear()
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict:  # type: ignore[override]
         """The canned result given for this function; unknown functions raise."""
@@ -270,20 +350,94 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
                 raise RuntimeError(f"run {self.run_id} is closed: {args.name!r} not created")
             self._busy += 1
         try:
-            return self._create(args)
+            return self._apply(args)
         finally:
             with self._idle:
                 self._busy -= 1
                 self._idle.notify_all()
 
-    def _create(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+    def _apply(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        """Create, keep, update or replace the resource, as the provider would."""
+        key = (args.typ, args.name)
+        self.seen.add(key)
         inputs = _plain(args.inputs)
         _check_inputs(args.typ, args.name, inputs)
+        old = self.state.get(key)
+        digest = self._digest(inputs) if args.typ == IMAGE else ""
+        if old is None:
+            return self._record("create", args, inputs, digest)
+        changed = {k for k in set(inputs) | set(old.inputs)
+                   if not (_unset(inputs.get(k)) and _unset(old.inputs.get(k)))
+                   and inputs.get(k) != old.inputs.get(k)}  # fmt: skip
+        if not changed and digest == old.digest:
+            self.actions.append(("same", args.name))
+            return old.id, {**args.inputs, **old.outputs, **args.inputs}
+        if args.typ == IMAGE:  # a changed context or input: the provider builds again
+            return self._record("update", args, inputs, digest)
+        forced = changed & self.replace_on_changes.get(key, set())
+        if args.typ == CONTAINER and not forced and changed <= UPDATED_IN_PLACE | STATE_ONLY:
+            self._update_container(old.id, inputs, changed)
+            old.inputs, old.outputs = inputs, {**old.outputs, **args.inputs}
+            self.actions.append(("update", args.name))
+            return old.id, old.outputs
+        if self.delete_before_replace.get(key):
+            self._delete(old)  # its state entry stays, in place, for the replacement
+            return self._record("replace", args, inputs, digest)
+        replaced = self._record("replace", args, inputs, digest)  # create first, then delete
+        self._delete(old)
+        return replaced
+
+    def _record(self, action: str, args: pulumi.runtime.MockResourceArgs,
+                inputs: dict[str, Any], digest: str) -> tuple[str, dict]:
         create = {NETWORK: self._network, VOLUME: self._volume, IMAGE: self._image,
                   CONTAINER: self._container, PASSWORD: self._password,
                   RANDOM_ID: self._random_id}[args.typ]
-        resource_id, outputs = create(args.name, inputs)
-        return resource_id, {**args.inputs, **outputs}
+        resource_id, computed = create(args.name, inputs)
+        outputs = {**args.inputs, **computed}
+        key = (args.typ, args.name)
+        self.state[key] = Applied(args.typ, args.name, resource_id, inputs, outputs,
+                                  self.delete_before_replace.get(key, False), digest)
+        self.actions.append((action, args.name))
+        return resource_id, outputs
+
+    @staticmethod
+    def _digest(inputs: dict[str, Any]) -> str:
+        build = inputs.get("build") or {}
+        context = os.path.abspath(build.get("context") or ".")
+        dockerfile = os.path.abspath(build.get("dockerfile") or os.path.join(context, "Dockerfile"))
+        return context_digest(context, dockerfile, build.get("args") or {})
+
+    def _update_container(self, container_id: str, inputs: dict[str, Any],
+                          changed: set[str]) -> None:
+        """``docker update`` of what the provider updates in place (restart policy, limits)."""
+        if not changed & UPDATED_IN_PLACE:
+            return
+        memory = int(inputs.get("memory") or 0)
+        self.client.api.update_container(
+            container_id, restart_policy={"Name": inputs.get("restart") or "no"},
+            cpu_shares=int(inputs.get("cpuShares") or 0) or None,
+            mem_limit=f"{memory}m" if memory else None)
+
+    def _delete(self, applied: Applied) -> None:
+        """Delete as the provider does: containers stopped first when ``destroy_grace_seconds``
+        is set (the container's stop signal, then SIGKILL after that many seconds), else removed
+        by force (SIGKILL); networks and volumes removed; images and random values left alone
+        (pulumi-docker's Image delete does not remove the local image)."""
+        api = self.client.api
+        if applied.typ == CONTAINER:
+            name = applied.inputs.get("name") or applied.name
+            grace = int(applied.inputs.get("destroyGraceSeconds") or 0)
+            if grace > 0:
+                started = time.monotonic()
+                api.stop(applied.id, timeout=grace)
+                self.stops[name] = round(time.monotonic() - started, 2)
+            self.removed_logs[name] = api.logs(applied.id).decode(errors="replace")
+            api.remove_container(applied.id, force=True, v=True)
+        elif applied.typ == NETWORK:
+            api.remove_network(applied.id)
+        elif applied.typ == VOLUME:
+            api.remove_volume(applied.id, force=True)
+        self.actions.append(("delete", applied.name))
 
     def _name(self, resource_name: str, inputs: Mapping[str, Any]) -> str:
         return inputs.get("name") or f"{resource_name}-{secrets.token_hex(4)}"
@@ -292,12 +446,12 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         return {**{i["label"]: i["value"] for i in items or []}, **self.labels}
 
     def _password(self, resource_name: str, inputs: dict[str, Any]) -> tuple[str, dict]:
-        result = random_password(inputs)
+        result = random_password(inputs, secrets.SystemRandom())
         self.passwords[resource_name] = result
         return "none", {"result": result}
 
     def _random_id(self, resource_name: str, inputs: dict[str, Any]) -> tuple[str, dict]:
-        return random_id(inputs)
+        return random_id(inputs, secrets.SystemRandom())
 
     def _network(self, resource_name: str, inputs: dict[str, Any]) -> tuple[str, dict]:
         name = self._name(resource_name, inputs)
@@ -342,10 +496,14 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         binds = [f"{v['volumeName']}:{v['containerPath']}:{'ro' if v.get('readOnly') else 'rw'}"
                  for v in inputs.get("volumes") or []]
         networks = inputs.get("networksAdvanced") or []
+        memory = int(inputs.get("memory") or 0)
         host_config = api.create_host_config(
             port_bindings=bindings, binds=binds,
             restart_policy={"Name": inputs.get("restart") or "no"},
-            network_mode=networks[0]["name"] if networks else None)
+            network_mode=networks[0]["name"] if networks else None,
+            shm_size=f"{int(inputs['shmSize'])}m" if inputs.get("shmSize") else None,
+            mem_limit=f"{memory}m" if memory else None,
+            cpu_shares=int(inputs.get("cpuShares") or 0) or None)
         networking = api.create_networking_config(
             {networks[0]["name"]: api.create_endpoint_config(aliases=networks[0].get("aliases"))}
         ) if networks else None
@@ -355,6 +513,8 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
             user=inputs.get("user") or "", labels=self._labels(inputs.get("labels")),
             ports=[(int(p["internal"]), p.get("protocol") or "tcp") for p in ports],
             healthcheck=self._healthcheck(inputs.get("healthcheck")),
+            stop_signal=inputs.get("stopSignal") or None,
+            stop_timeout=int(inputs["stopTimeout"]) if inputs.get("stopTimeout") else None,
             host_config=host_config, networking_config=networking)
         container_id = created["Id"]
         for extra in networks[1:]:

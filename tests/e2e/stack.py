@@ -26,7 +26,7 @@ import pulumi
 import yaml
 
 from poolkit.envfile import read_env, write_private
-from poolkit.pulumi_target import Outputs
+from poolkit.outputs import Outputs
 from tests.conftest import free_ports
 from tests.pulumi.harness import PROJECT, as_pulumi_config, reset_runtime
 from tests.pulumi.harness import run_program as run_main
@@ -68,6 +68,8 @@ class E2EStack:
     timings: dict[str, float] = field(default_factory=dict)
     mocks: DockerEngineMocks | None = None
     """The run's emulator, once ``bring_up`` started it."""
+    secret_keys: list[str] = field(default_factory=list)
+    """Config keys set as secrets (``pulumi config set --secret``)."""
 
     @property
     def env_file(self) -> Path:
@@ -122,23 +124,27 @@ def new_stack(client: docker.DockerClient) -> E2EStack:
 
 
 @contextmanager
-def _in_project() -> Iterator[None]:
+def _in_project(project: Path) -> Iterator[None]:
     """The program's build contexts are relative to the project root (Pulumi's cwd)."""
     before = Path.cwd()
-    os.chdir(PROJECT)
+    os.chdir(project)
     try:
         yield
     finally:
         os.chdir(before)
 
 
-def run_program(stack: E2EStack, mocks: DockerEngineMocks) -> dict[str, Any]:
-    """Run ``__main__.py`` for the stack under the engine-applying mocks; return its outputs."""
+def run_program(stack: E2EStack, mocks: DockerEngineMocks,
+                project: Path = PROJECT) -> dict[str, Any]:
+    """Run ``__main__.py`` for the stack under the engine-applying mocks, then delete what it no
+    longer declares; return its outputs. ``project`` is the folder the build contexts are
+    relative to (Pulumi's working directory)."""
     reset_runtime()
-    pulumi.runtime.set_all_config(as_pulumi_config(stack.config), [])
-    pulumi.runtime.set_mocks(mocks, project="poolkit", stack=stack.name, preview=False)
-    with _in_project():
+    pulumi.runtime.set_all_config(as_pulumi_config(stack.config), stack.secret_keys)
+    mocks.install(project="poolkit", stack=stack.name)
+    with _in_project(project):
         outputs, _secret = run_main()
+    mocks.finish_run()
     return outputs
 
 
@@ -154,6 +160,17 @@ def bring_up(stack: E2EStack, build_cache: bool = True) -> None:
                          **mocks.timings}  # fmt: skip
         stack.passwords = dict(mocks.passwords)
     write_private(stack.env_file, stack.outputs[Outputs.ENV_FILE])
+
+
+def update(stack: E2EStack, config: dict[str, Any], secret_keys: tuple[str, ...] = (),
+           project: Path = PROJECT) -> float:
+    """A second ``pulumi up`` with a changed stack; rewrites the ``.env``; returns its seconds."""
+    assert stack.mocks is not None, "bring_up first"
+    stack.config, stack.secret_keys = config, list(secret_keys)
+    started = time.monotonic()
+    stack.outputs = run_program(stack, stack.mocks, project)
+    write_private(stack.env_file, stack.outputs[Outputs.ENV_FILE])
+    return round(time.monotonic() - started, 2)
 
 
 def write_timings(stack: E2EStack, path: Path) -> None:

@@ -23,11 +23,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import docker
+import psycopg
 import pytest
 
 from poolkit import console
 from poolkit.local import port_in_use
-from poolkit.pulumi_target import Outputs
+from poolkit.outputs import Outputs
 from tests.drivers import harness
 from tests.infra.docker_facts import container_facts
 from tests.pulumi.harness import PROJECT
@@ -125,6 +126,22 @@ def test_every_container_is_healthy_on_the_stack_network(stack: E2EStack) -> Non
             stack.outputs[Outputs.NETWORK]], role
         assert container.labels["poolkit.stack"] == stack.name, role
         assert container.labels[RUN_LABEL] == stack.run_id, role
+
+
+HEALTH_INTERVAL_S = 2
+
+
+def test_healthchecks_leave_no_error_in_the_server_logs(stack: E2EStack) -> None:
+    """pg_isready as a role each server knows: no "no pg_hba.conf entry" FATAL in Postgres's
+    log and no "no such user" in PgBouncer's, every 2 s."""
+    servers = {role: stack.container(role) for role in ("postgres", "pgbouncer")}
+    before = {role: len(c.logs()) for role, c in servers.items()}
+    time.sleep(2.5 * HEALTH_INTERVAL_S)
+    for role, container in servers.items():
+        container.reload()
+        assert container.attrs["State"]["Health"]["Status"] == "healthy", role
+        new = container.logs()[before[role]:].decode(errors="replace")
+        assert "FATAL" not in new and "no such user" not in new, f"{role}:\n{new}"
 
 
 def test_ports_are_published_on_127_0_0_1_only(stack: E2EStack) -> None:
@@ -270,6 +287,48 @@ def test_driver_defaults_get_every_result_right(driver_stack: E2EStack, driver: 
     figures = harness.run_driver(driver, driver_stack.env_file, "docker")
     assert figures["queries"] > 0
     assert (figures["wrong"], figures["errors"]) == (0, 0), figures["first_problem"]
+
+
+PARALLEL_HASH_ROWS = 1_600_000
+"""Rows on each side of the join: its shared hash table is about 80MB, past Docker's default
+64MB /dev/shm and within the 128MB this stack's plan gives (its shared_buffers)."""
+DOCKER_DEFAULT_SHM_KB = 64 * 1024
+
+
+def test_postgres_container_gets_the_memory_cpu_and_shm_of_its_plan(stack: E2EStack) -> None:
+    host = stack.container("postgres").attrs["HostConfig"]
+    assert host["Memory"] == 512 * 2**20  # poolkit:postgres.memory
+    assert host["CpuShares"] == 1024  # poolkit:postgres.cpus: 1
+    assert host["ShmSize"] == 128 * 2**20  # the plan's shared_buffers
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_parallel_hash_join_past_64mb_of_shared_memory_succeeds(stack: E2EStack) -> None:
+    """Parallel workers share their hash table in /dev/shm; with Docker's 64MB it fails with
+    "could not resize shared memory segment"."""
+    with psycopg.connect(stack.env()["DIRECT_URL"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE parallel_hash AS SELECT g AS id, md5(g::text) AS pad "
+                     "FROM generate_series(1, %s) AS g", (PARALLEL_HASH_ROWS,))  # fmt: skip
+        conn.execute("ANALYZE parallel_hash")
+        for setting in ("work_mem = '128MB'", "hash_mem_multiplier = 2",
+                        "max_parallel_workers_per_gather = 2", "parallel_setup_cost = 0",
+                        "parallel_tuple_cost = 0"):  # fmt: skip
+            conn.execute(f"SET {setting}")
+        (plan,) = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) "
+                               "FROM parallel_hash a JOIN parallel_hash b USING (id)").fetchone()
+        conn.execute("DROP TABLE parallel_hash")
+    nodes = list(_plan_nodes(plan[0]["Plan"]))
+    (hashed,) = [node for node in nodes if node["Node Type"] == "Hash"]
+    (gather,) = [node for node in nodes if node["Node Type"] == "Gather"]
+    assert gather["Workers Launched"] >= 1, gather
+    # One batch: the whole shared table in memory at once, larger than 64MB (kB here).
+    assert hashed["Parallel Aware"] and hashed["Hash Batches"] == 1, hashed
+    assert hashed["Peak Memory Usage"] > DOCKER_DEFAULT_SHM_KB, hashed
 
 
 def test_teardown_removes_everything_labelled_with_the_run(stack: E2EStack) -> None:

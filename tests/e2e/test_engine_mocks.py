@@ -42,7 +42,7 @@ RUN useradd --system --uid {PROBE_UID} --user-group probe && echo "$FLAVOUR" > /
 def run_program(mocks: DockerEngineMocks, program: Any) -> dict[str, Any]:
     """Run `program()` (which returns an Output of a dict) under the mocks; return its value."""
     reset_runtime()
-    pulumi.runtime.set_mocks(mocks, project="poolkit-e2e", stack="engine-mocks", preview=False)
+    mocks.install(project="poolkit-e2e", stack="engine-mocks")
     result: dict[str, Any] = {}
 
     @pulumi.runtime.test
@@ -50,6 +50,7 @@ def run_program(mocks: DockerEngineMocks, program: Any) -> dict[str, Any]:
         return program().apply(result.update)
 
     apply()
+    mocks.finish_run()
     return result
 
 
@@ -213,3 +214,90 @@ def test_failed_run_leaves_nothing_after_cleanup(client, tmp_path: Path) -> None
         mocks.new_resource(pulumi.runtime.MockResourceArgs(
             typ="docker:index/volume:Volume", name="late", inputs={}, provider=None,
             resource_id=None, custom=True))
+
+
+# A server that shuts down gracefully on SIGTERM (it logs it), as the kit's servers do.
+GRACEFUL = "trap 'echo stopping gracefully; exit 0' TERM; echo started; while :; do sleep 0.2; done"
+
+
+def lifecycle_program(run_id: str, content: str, grace: int | None, restart: str = "no"):
+    container = pd.Container(
+        "svc", name=f"{run_id}-svc", image=BASE_IMAGE, command=["sh", "-c", GRACEFUL],
+        uploads=[pd.ContainerUploadArgs(file="/etc/svc.conf", content=content)],
+        stop_signal="SIGTERM", stop_timeout=grace, destroy_grace_seconds=grace, restart=restart,
+        opts=pulumi.ResourceOptions(delete_before_replace=True))
+    return pulumi.Output.all(id=container.id, name=container.name)
+
+
+def test_a_second_run_keeps_updates_replaces_and_destroy_deletes(client) -> None:
+    """As the provider: same inputs keep the container, a restart policy is updated in place,
+    a changed upload replaces it (deleted first: delete_before_replace), and the delete stops
+    it with its stop signal because destroy_grace_seconds is set."""
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    mocks = DockerEngineMocks(run_id, client)
+    try:
+        first = run_program(mocks, lambda: lifecycle_program(run_id, "a", 10))
+        assert run_program(mocks, lambda: lifecycle_program(run_id, "a", 10)) == first
+        assert mocks.actions[-1] == ("same", "svc")
+        updated = run_program(mocks, lambda: lifecycle_program(run_id, "a", 10, "always"))
+        assert updated["id"] == first["id"] and mocks.actions[-1] == ("update", "svc")
+        assert client.api.inspect_container(first["id"])["HostConfig"]["RestartPolicy"][
+            "Name"] == "always"
+        replaced = run_program(mocks, lambda: lifecycle_program(run_id, "b", 10, "always"))
+        assert replaced["id"] != first["id"]
+        assert mocks.actions[-2:] == [("delete", "svc"), ("replace", "svc")]
+        assert "stopping gracefully" in mocks.removed_logs[first["name"]]
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(first["id"])
+        new = client.containers.get(replaced["id"])
+        assert new.exec_run(["cat", "/etc/svc.conf"]).output == b"b"
+        assert new.attrs["Config"]["StopSignal"] == "SIGTERM"
+        assert new.attrs["Config"]["StopTimeout"] == 10
+        mocks.destroy()
+        assert "stopping gracefully" in mocks.removed_logs[first["name"]]
+        assert client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
+    finally:
+        mocks.cleanup()
+
+
+def test_without_grace_a_delete_kills_the_container(client) -> None:
+    """No destroy_grace_seconds: removed by force, the server never sees its stop signal."""
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    mocks = DockerEngineMocks(run_id, client)
+    try:
+        first = run_program(mocks, lambda: lifecycle_program(run_id, "a", None))
+        time.sleep(0.5)
+        mocks.destroy()
+        log = mocks.removed_logs[first["name"]]
+        assert "started" in log and "stopping gracefully" not in log
+    finally:
+        mocks.cleanup()
+
+
+def healthcheck_program(run_id: str, interval: str, replace_on_changes: list[str]):
+    container = pd.Container(
+        "probe", name=f"{run_id}-probe", image=BASE_IMAGE, command=["sleep", "infinity"],
+        healthcheck=pd.ContainerHealthcheckArgs(tests=["CMD", "true"], interval=interval),
+        opts=pulumi.ResourceOptions(delete_before_replace=True,
+                                    replace_on_changes=replace_on_changes))
+    return pulumi.Output.all(id=container.id)
+
+
+def test_a_changed_healthcheck_replaces_only_with_replace_on_changes(client) -> None:
+    """The provider's schema does not force a new container for a healthcheck, and its update
+    does not apply one: only ``replace_on_changes`` makes the change reach the engine."""
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    mocks = DockerEngineMocks(run_id, client)
+    try:
+        first = run_program(mocks, lambda: healthcheck_program(run_id, "2s", []))
+        kept = run_program(mocks, lambda: healthcheck_program(run_id, "3s", []))
+        assert kept == first and mocks.actions[-1] == ("update", "probe")
+        health = client.api.inspect_container(first["id"])["Config"]["Healthcheck"]
+        assert health["Interval"] == 2 * 10**9  # the engine still has the old one
+        replaced = run_program(mocks, lambda: healthcheck_program(run_id, "4s", ["healthcheck"]))
+        assert replaced != first and mocks.actions[-2:] == [("delete", "probe"),
+                                                            ("replace", "probe")]
+        health = client.api.inspect_container(replaced["id"])["Config"]["Healthcheck"]
+        assert health["Interval"] == 4 * 10**9
+    finally:
+        mocks.cleanup()

@@ -6,20 +6,19 @@ each resource's inputs (secrets still marked), its parent, dependencies and opti
 stack outputs and which of them are secret.
 
 The mocks add only what the engine or provider would compute (ids, an image's ``repoDigest``,
-a ``RandomPassword``'s ``result``, a ``RandomId``'s ``b64Std``) and pass the inputs through.
+``RandomPassword`` and ``RandomId`` values, made by ``random_values`` from a generator seeded
+by the resource name, so every run is the same) and pass the inputs through.
 A resource type the program was not expected to create raises.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
 import random
 import runpy
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.settings import ROOT
+
+from .random_values import random_id, random_password
 
 PROJECT = Path(__file__).resolve().parents[2]
 PROGRAM = PROJECT / "__main__.py"
@@ -126,21 +127,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
             return name, {**inputs, "driver": "local",
                           "mountpoint": f"/var/lib/docker/volumes/{name}/_data"}  # fmt: skip
         if args.typ == PASSWORD:
-            alphabet = string.ascii_letters + string.digits
-            if inputs.get("special", True):
-                alphabet += "!@#$%&*()-_=+[]{}<>:?"
-            rng = random.Random(seed)
-            result = "".join(rng.choice(alphabet) for _ in range(int(inputs["length"])))
-            return seed[:16], {**inputs, "result": result, "bcryptHash": f"$2a$10${seed[:53]}"}
+            result = random_password(plain(inputs), random.Random(seed))
+            return "none", {**inputs, "result": result}
         if args.typ == RANDOM_ID:
-            data = bytes.fromhex(seed)[: int(inputs["byteLength"])]
-            return base64.urlsafe_b64encode(data).decode().rstrip("="), {
-                **inputs,
-                "b64Std": base64.b64encode(data).decode(),
-                "b64Url": base64.urlsafe_b64encode(data).decode().rstrip("="),
-                "hex": data.hex(),
-                "dec": str(int.from_bytes(data, "big")),
-            }
+            resource_id, outputs = random_id(plain(inputs), random.Random(seed))
+            return resource_id, {**inputs, **outputs}
         raise NotImplementedError(f"unexpected resource {args.typ} {args.name!r}")
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from poolkit.envfile import write_private
-from poolkit.pulumi_target import Outputs
+from poolkit.outputs import Outputs
 from tests.conftest import free_ports
 
 from .harness import PROJECT, stack_file_config

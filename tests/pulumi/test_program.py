@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 from poolkit.config import ConfigError, StackConfig, load_stack, parse_stack
 from poolkit.envfile import parse_env
 from poolkit.layouts import docker_layout
-from poolkit.pulumi_target import Outputs
+from poolkit.outputs import Outputs
 from poolkit.render import (
     render_env,
     render_init_sql,
@@ -190,9 +190,16 @@ def test_containers_have_healthchecks_with_explicit_durations(deployed: Deployme
 
 def test_postgres_and_pgbouncer_are_checked_with_pg_isready(dev: Deployment) -> None:
     containers = dev.containers()
-    for name, port in (("poolkit-dev-postgres", "5432"), ("poolkit-dev-pgbouncer", "6432")):
-        tests = containers[name].args["healthcheck"]["tests"]
-        assert tests == ["CMD", "pg_isready", "-h", "127.0.0.1", "-p", port], name
+    expected = {
+        # the superuser on the socket (pg_hba.conf's local line): no FATAL in Postgres's log
+        "poolkit-dev-postgres": ["CMD", "pg_isready", "-h", "/var/run/postgresql", "-p", "5432",
+                                 "-U", "postgres", "-d", "postgres"],
+        # a known role on the console: no "no such user" warning in PgBouncer's log
+        "poolkit-dev-pgbouncer": ["CMD", "pg_isready", "-h", "127.0.0.1", "-p", "6432",
+                                  "-U", "pgbouncer_stats", "-d", "pgbouncer"],
+    }
+    for name, tests in expected.items():
+        assert containers[name].args["healthcheck"]["tests"] == tests, name
 
 
 def test_pgbouncer_starts_after_postgres_and_apps_after_pgbouncer(dev: Deployment) -> None:
@@ -312,7 +319,7 @@ def test_images_are_built_locally_and_run_by_digest(dev: Deployment) -> None:
     assert builds == {
         "poolkit-postgres-image": ("images/postgres", "images/postgres/Dockerfile"),
         "poolkit-pgbouncer-image": ("images/pgbouncer", "images/pgbouncer/Dockerfile"),
-        "poolkit-app-image": (".", "images/app/Dockerfile"),
+        "poolkit-app-image": ("apps", "images/app/Dockerfile"),
     }
     for image in images.values():
         assert image.args["skipPush"] is True, image.urn
@@ -465,6 +472,81 @@ def test_client_tls_is_refused_before_any_resource() -> None:
     with pytest.raises(pulumi.RunError, match=r"poolkit:pgbouncer.client_tls: is not supported"):
         deploy("tls", config)
     assert deploy.last_monitor.registered == [], "resources were registered before the failure"
+
+
+@pytest.mark.parametrize(("key", "value"), [("postgres", {"version": 16}),
+                                            ("pgbouncer", {"version": "1.23"})])
+def test_a_version_the_images_cannot_build_is_refused_before_any_resource(
+    key: str, value: dict[str, Any]
+) -> None:
+    config = {f"poolkit:{key}": value}
+    plan(parse_stack(config, "old"))  # valid for the core (the local target may have it)
+    with pytest.raises(pulumi.RunError) as failure:
+        deploy("old", config)
+    message = str(failure.value)
+    assert f"poolkit:{key}.version" in message and "Fix: use" in message, message
+    assert deploy.last_monitor.registered == [], "resources were registered before the failure"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    config = {"poolkit:postgres": {"version": 15}, "poolkit:pgbouncer": {"client_tls": True}}
+    with pytest.raises(pulumi.RunError) as failure:
+        deploy("two", config)
+    assert "postgres.version" in str(failure.value)
+    assert "pgbouncer.client_tls" in str(failure.value)
+
+
+def test_versions_output_is_what_the_images_install(dev: Deployment) -> None:
+    assert dev.outputs[Outputs.VERSIONS] == {"postgres": 17, "pgbouncer": "1.24"}
+    bouncer = dev.named("poolkit-pgbouncer-image")
+    assert bouncer.args["build"]["args"]["PGBOUNCER_SERIES"] == "1.24"
+    assert "PGBOUNCER_SERIES" in (PROJECT / "images/pgbouncer/Dockerfile").read_text()
+
+
+def test_every_container_stops_gracefully_per_role(dev: Deployment) -> None:
+    """Without destroy_grace_seconds the provider removes a container by force (SIGKILL)."""
+    containers = dev.containers()
+    lifecycle = {name: (c.args["stopSignal"], c.args["stopTimeout"], c.args["destroyGraceSeconds"])
+                 for name, c in containers.items()}  # fmt: skip
+    assert lifecycle["poolkit-dev-postgres"] == ("SIGINT", 120, 120)
+    # PgBouncer: safe shutdown, bounded by query_wait_timeout (15 s by default) + 5 s
+    assert lifecycle["poolkit-dev-pgbouncer"] == ("SIGINT", 20, 20)
+    apps = {v for n, v in lifecycle.items() if n not in ("poolkit-dev-postgres",
+                                                         "poolkit-dev-pgbouncer")}
+    assert apps == {("SIGTERM", 10, 10)}
+
+
+def test_pgbouncer_grace_follows_query_wait_timeout() -> None:
+    prod = deploy("prod", stack_file_config("prod"))
+    assert prod.containers()["poolkit-prod-pgbouncer"].args["destroyGraceSeconds"] == 10 + 5
+
+
+@pytest.mark.parametrize("stack_name", STACKS)
+def test_postgres_gets_the_memory_cpus_and_shm_it_was_sized_for(
+    stack_name: str, deployed: Deployment
+) -> None:
+    stack, sized = model(stack_name)
+    postgres = deployed.containers()[f"poolkit-{stack_name}-postgres"]
+    shared_buffers = {s.name: s.value for s in sized.postgres}["shared_buffers"]
+    expected = {"dev": (1024, 2, 256), "staging": (4096, 2, 1024), "prod": (16384, 8, 4096)}
+    memory, cpus, shm = expected[stack_name]
+    assert shared_buffers == (f"{shm}MB" if shm < 1024 else f"{shm // 1024}GB")
+    assert postgres.args["memory"] == memory == stack.postgres.memory_bytes // 2**20
+    assert postgres.args["cpuShares"] == 1024 * cpus
+    assert postgres.args["shmSize"] == shm > 64
+
+
+def test_app_image_context_holds_only_the_app_modules() -> None:
+    """An edit to tests, docs or stack files must not change the app image's build context."""
+    from docker.utils.build import exclude_paths
+
+    context = PROJECT / "apps"
+    patterns = [line for line in (context / ".dockerignore").read_text().splitlines()
+                if line and not line.startswith("#")]
+    # The daemon always receives .dockerignore itself; COPY *.py does not take it.
+    included = {p for p in exclude_paths(str(context), patterns) if "/" not in p}
+    assert included - {".dockerignore"} == {p.name for p in context.glob("*.py")}
+    assert "COPY *.py /opt/poolkit/apps/" in (PROJECT / "images/app/Dockerfile").read_text()
 
 
 def test_fixed_names_are_replaced_delete_first(dev: Deployment) -> None:

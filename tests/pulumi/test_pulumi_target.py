@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from poolkit import pulumi_target
 from poolkit.cli import main
-from poolkit.pulumi_target import INSTALL_URL, Outputs, PulumiError
+from poolkit.outputs import Outputs
+from poolkit.pulumi_target import INSTALL_URL, PulumiError
 
 pytestmark = pytest.mark.pulumi
 
@@ -38,6 +39,14 @@ if args[:2] == ["stack", "ls"]:
 elif args[:2] == ["stack", "output"]:
     print(open(os.environ["FAKE_PULUMI_OUTPUTS"]).read())
 """
+FAKE_DOCKER = """#!{python}
+import os, sys
+args = sys.argv[1:]
+if args[0] == "ps" and "label=poolkit.stack=dev" in args:  # the stack's containers only
+    print(os.environ.get("FAKE_DOCKER_PS", ""), end="")
+elif args[0] == "logs":
+    print(f"log of {{args[-1]}} (--tail {{args[2]}})")
+"""
 ENV_TEXT = 'POOLED_DATABASE_URL="postgresql://app:s3cret@127.0.0.1:16432/app"\n'
 
 
@@ -52,6 +61,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fake = bin_dir / "pulumi"
     fake.write_text(FAKE_PULUMI.format(python=sys.executable))
     fake.chmod(0o755)
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER.format(python=sys.executable))
+    docker.chmod(0o755)
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps({Outputs.ENV_FILE: ENV_TEXT, Outputs.PGBOUNCER_PORT: 16432}))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -149,6 +161,21 @@ def test_a_failed_pulumi_up_stops_before_env_and_smoke(
     with pytest.raises(PulumiError, match=r"`pulumi up --yes --stack dev` failed with exit 255"):
         pulumi_target.up("dev")
     assert not (project / ".env.dev").exists() and smoked == []
+
+
+def test_a_failed_pulumi_up_shows_the_log_tail_of_unhealthy_containers(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "up")
+    monkeypatch.setenv("FAKE_DOCKER_PS", "poolkit-dev-pgbouncer\tUp 3 minutes (healthy)\n"
+                       "poolkit-dev-postgres\tRestarting (1) 2 seconds ago\n")
+    with pytest.raises(PulumiError) as failure:
+        pulumi_target.up("dev", project=project)
+    message = failure.value.message
+    assert "`pulumi up --yes --stack dev` failed with exit 255" in message
+    assert ("container poolkit-dev-postgres (Restarting (1) 2 seconds ago), last 30 log lines:\n"
+            "log of poolkit-dev-postgres (--tail 30)") in message
+    assert "poolkit-dev-pgbouncer" not in message
 
 
 def test_a_failed_smoke_fails_up(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@ clients that never retry (so every error they see counts)."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 import time
@@ -52,6 +53,8 @@ class WriteLoad:
         self.url, self.table, self.count = pooled_url, table, writers
         self.policy = policy or RetryPolicy(attempts=400, deadline_s=45.0, max_backoff_s=0.5)
         self.acked: list[uuid.UUID] = []
+        self.acked_at: list[float] = []
+        """``time.monotonic()`` of each acknowledgement, in order."""
         self.failures: list[str] = []
         self.stats: list[RetryStats] = []
         self._lock = threading.Lock()
@@ -89,6 +92,13 @@ class WriteLoad:
             time.sleep(0.01)
         return time.monotonic() - start
 
+    def longest_wait(self, start: float, end: float) -> float:
+        """Longest stretch of ``[start, end]`` (monotonic seconds) with no acknowledged write:
+        how long the clients waited during a change."""
+        with self._lock:
+            times = [start, *(t for t in self.acked_at if start < t < end), end]
+        return max(b - a for a, b in itertools.pairwise(times))
+
     def _write(self, writer: int) -> None:
         sql = INSERT.format(table=self.table)
         db = Retrying(self.url, self.policy, prepare_threshold=None)
@@ -103,6 +113,7 @@ class WriteLoad:
                     return
                 with self._lock:
                     self.acked.append(key)
+                    self.acked_at.append(time.monotonic())
                 n += 1
         finally:
             self.stats.append(db.stats)

@@ -1,0 +1,86 @@
+"""The stack's ``poolkit:`` config read from Pulumi, validated and sized by the core model.
+
+``load_stack`` is all the program calls: every problem (a bad key, a value the model refuses,
+a version the images cannot build) is raised at once as a ``pulumi.RunError`` before any
+resource is registered. Passwords are read here only to be validated: resources take them from
+``Config.get_secret``, and the returned model holds none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from typing import Any
+
+import pulumi
+
+from poolkit.config import NAMESPACE, PASSWORD_ENV, ConfigError, StackConfig, parse_stack
+from poolkit.layouts import docker_problems
+from poolkit.sizing import Plan
+from poolkit.sizing import plan as size
+
+OBJECT_KEYS = ("postgres", "pgbouncer", "database", "apps")
+PASSWORD_KEYS = tuple(PASSWORD_ENV)  # app_password, migrator_password
+
+
+def stack_keys() -> list[str]:
+    """Every ``poolkit:`` key the stack sets, so a misspelt one is reported, not ignored.
+
+    The CLI hands config to the program in ``PULUMI_CONFIG``; the mock runtime of the tests
+    sets it in ``pulumi.runtime.config``. Both are read.
+    """
+    keys = set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.get_config_env())
+    return sorted(k.split(":", 1)[1] for k in keys if k.startswith(f"{NAMESPACE}:"))
+
+
+def is_secret(key: str) -> bool:
+    full = f"{NAMESPACE}:{key}"
+    return pulumi.runtime.is_config_secret(full) or full in (
+        pulumi.runtime.get_config_secret_keys_env()
+    )
+
+
+def raw_config(config: pulumi.Config) -> dict[str, Any]:
+    """``{"poolkit:key": value}`` as the stack file holds it; unknown secrets stay hidden."""
+    raw: dict[str, Any] = {}
+    for key in stack_keys():
+        if key in OBJECT_KEYS:
+            value: Any = config.get_object(key)
+        elif key in PASSWORD_KEYS:
+            value = config.get(key)
+        elif is_secret(key):
+            value = "(secret)"  # an unknown secret key: report the key, never its value
+        else:
+            value = config.get(key)
+            with contextlib.suppress(ValueError):
+                value = json.loads(value or "")
+        raw[f"{NAMESPACE}:{key}"] = value
+    return raw
+
+
+def _refused(error: ConfigError) -> pulumi.RunError:
+    return pulumi.RunError(f"invalid stack config:\n{error}")
+
+
+def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
+    """The validated stack (without passwords) and its sizing plan; RunError lists every problem."""
+    raw = raw_config(config)
+    try:
+        stack = parse_stack(raw, pulumi.get_stack())
+        problems = docker_problems(stack)
+        if problems:
+            raise ConfigError(problems)
+        plan = size(stack)
+    except ConfigError as error:
+        raise _refused(error) from error
+    for key in PASSWORD_KEYS:
+        if f"{NAMESPACE}:{key}" in raw and not is_secret(key):
+            pulumi.log.warn(
+                f"{NAMESPACE}:{key} is stored in clear text in the stack file; "
+                f"set it with `pulumi config set --secret {NAMESPACE}:{key}`"
+            )
+    for warning in stack.warnings:
+        pulumi.log.warn(warning)
+    no_passwords = dataclasses.replace(stack.database, app_password=None, migrator_password=None)
+    return dataclasses.replace(stack, database=no_passwords), plan

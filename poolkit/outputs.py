@@ -1,0 +1,34 @@
+"""Stack output keys of the Pulumi program, shared by ``poolkit env``, ``poolkit up`` and tests.
+
+Plain names only: the program imports this module, so it must not pull in the CLI (click).
+"""
+
+from __future__ import annotations
+
+
+class Outputs:
+    """Stack output keys of ``__main__.py``."""
+
+    DIRECT_URL = "direct_url"
+    """Postgres as the owner role: migrations, LISTEN/NOTIFY, advisory locks (secret)."""
+    POOLED_URL = "pooled_url"
+    """PgBouncer, libpq-clean (``DATABASE_URL``; secret)."""
+    POOLED_LIBPQ_URL = "pooled_libpq_url"
+    """The same URL under the sample apps' name (``POOLED_DATABASE_URL``; secret)."""
+    ENV_FILE = "env_file"
+    """The ``.env`` text for the host (secret); ``poolkit env`` writes it to ``.env.<stack>``."""
+    SECRET = (DIRECT_URL, POOLED_URL, POOLED_LIBPQ_URL, ENV_FILE)
+
+    POSTGRES_PORT = "postgres_port"
+    """Host port of Postgres on 127.0.0.1, or null when the stack does not publish it."""
+    PGBOUNCER_PORT = "pgbouncer_port"
+    APP_PORTS = "app_ports"
+    """App name -> host ports of its replicas."""
+    VERSIONS = "versions"
+    """``{"postgres": 17, "pgbouncer": "1.24"}``: what the images install and run."""
+    PLAN = "plan"
+    """The sizing plan, as ``poolkit plan --json`` prints it."""
+    CONTAINERS = "containers"
+    """Container names: postgres, pgbouncer, and app name -> replica names."""
+    NETWORK = "network"
+    """Name of the stack's private Docker network (in-network smoke checks join it)."""
