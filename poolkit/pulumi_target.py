@@ -136,6 +136,19 @@ def write_env(
                           f"run `poolkit up --target pulumi --stack {name}` first")  # fmt: skip
     path = out or project / f".env.{name}"
     write_private(path, text)
+    write_ca(outputs)
+    return path
+
+
+def write_ca(outputs: dict[str, Any]) -> Path | None:
+    """Write the stack's CA certificate where its ``.env`` URLs expect it (0644: public)."""
+    pem, where = outputs.get(Outputs.TLS_CA), outputs.get(Outputs.TLS_CA_FILE)
+    if not (isinstance(pem, str) and pem and isinstance(where, str) and where):
+        return None
+    path = Path(where)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(pem, encoding="utf-8")
+    path.chmod(0o644)
     return path
 
 
