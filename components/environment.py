@@ -9,7 +9,6 @@ import pulumi_docker as docker
 import pulumi_random as random
 
 from components.apps import ServerlessApp, ServerlessAppArgs
-from components.certificates import Certificates, GivenTls
 from components.common import (
     DEFAULT_BASE_IMAGE,
     build_image,
@@ -22,7 +21,7 @@ from components.postgres import Postgres, PostgresArgs
 from poolkit import scram
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
-from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout
+from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout, network_layout
 from poolkit.render import render_env
 from poolkit.secrets import ADMIN_USER, STATS_USER, Credential, Secrets, iterations_for
 from poolkit.sizing import Plan
@@ -46,8 +45,6 @@ class EnvironmentArgs:
     """Password of the owner role (``poolkit:migrator_password``); generated when None."""
     base_image: str = DEFAULT_BASE_IMAGE
     """``BASE_IMAGE`` build arg of every image."""
-    given_tls: GivenTls | None = None
-    """The stack's own certificate (secrets); generated into the state when None."""
 
 
 class Environment(pulumi.ComponentResource):
@@ -62,14 +59,12 @@ class Environment(pulumi.ComponentResource):
     pgbouncer: PgBouncer
     apps: list[ServerlessApp]
     env_file: pulumi.Output[str]
+    network_env_file: pulumi.Output[str]
     direct_url: pulumi.Output[str]
     pooled_url: pulumi.Output[str]
     pooled_libpq_url: pulumi.Output[str]
     versions: dict[str, int | str]
     """What the images install and run: the Postgres major and the PgBouncer series."""
-    certificates: Certificates | None
-    tls_ca: pulumi.Output[str] | None
-    """PEM of the CA the ``.env`` URLs verify with (not a secret), or None without TLS."""
 
     def __init__(
         self, name: str, args: EnvironmentArgs, opts: pulumi.ResourceOptions | None = None
@@ -90,21 +85,14 @@ class Environment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )  # fmt: skip
         secrets = self._credentials(name, stack, layout.superuser, args)
-        self.certificates = None
-        self.tls_ca = None
-        tls = None
-        if stack.uses_tls:
-            self.certificates = Certificates(f"{name}-tls", stack, args.given_tls, opts=child)
-            tls = self.certificates.material
-            self.tls_ca = self.certificates.ca_pem
 
         self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
             stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
-            base_image=args.base_image, tls=tls,
+            base_image=args.base_image,
         ), opts=child)  # fmt: skip
         self.pgbouncer = PgBouncer(f"{name}-pgbouncer", PgBouncerArgs(
             stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
-            depends_on=[self.postgres.container], base_image=args.base_image, tls=tls,
+            depends_on=[self.postgres.container], base_image=args.base_image,
         ), opts=child)  # fmt: skip
 
         self.apps = []
@@ -120,13 +108,17 @@ class Environment(pulumi.ComponentResource):
             self.apps = [
                 ServerlessApp(f"{name}-{app.name}", ServerlessAppArgs(
                     stack=stack, plan=plan, app=app, secrets=secrets, image=image_ref(app_image),
-                    network=self.network.name, depends_on=[self.pgbouncer.container], tls=tls,
+                    network=self.network.name, depends_on=[self.pgbouncer.container],
                 ), opts=child)
                 for app in plan.apps
             ]  # fmt: skip
 
         self.env_file = pulumi.Output.secret(
             secrets.apply(lambda s: render_env(stack, plan, s, layout)))  # fmt: skip
+        # The same .env for a container on the stack's network (names and internal ports):
+        # where an unpublished Postgres is reachable, e.g. for the smoke run of `poolkit up`.
+        self.network_env_file = pulumi.Output.secret(
+            secrets.apply(lambda s: render_env(stack, plan, s, network_layout(stack))))
         env = self.env_file.apply(parse_env)
         self.direct_url = pulumi.Output.secret(env.apply(lambda e: e["DIRECT_URL"]))
         self.pooled_url = pulumi.Output.secret(env.apply(lambda e: e["DATABASE_URL"]))
@@ -135,10 +127,10 @@ class Environment(pulumi.ComponentResource):
         self.register_outputs({
             "network": self.network.name,
             "env_file": self.env_file,
+            "network_env_file": self.network_env_file,
             "direct_url": self.direct_url,
             "pooled_url": self.pooled_url,
             "pooled_libpq_url": self.pooled_libpq_url,
-            "tls_ca": self.tls_ca,
         })  # fmt: skip
 
     def _credentials(

@@ -17,7 +17,10 @@ class Outputs:
     """The same URL under the sample apps' name (``POOLED_DATABASE_URL``; secret)."""
     ENV_FILE = "env_file"
     """The ``.env`` text for the host (secret); ``poolkit env`` writes it to ``.env.<stack>``."""
-    SECRET = (DIRECT_URL, POOLED_URL, POOLED_LIBPQ_URL, ENV_FILE)
+    NETWORK_ENV_FILE = "network_env_file"
+    """The same ``.env`` for a container on the stack's network: hosts ``postgres`` and
+    ``pgbouncer`` on their internal ports (secret)."""
+    SECRET = (DIRECT_URL, POOLED_URL, POOLED_LIBPQ_URL, ENV_FILE, NETWORK_ENV_FILE)
 
     POSTGRES_PORT = "postgres_port"
     """Host port of Postgres on 127.0.0.1, or null when the stack does not publish it."""
@@ -32,7 +35,3 @@ class Outputs:
     """Container names: postgres, pgbouncer, and app name -> replica names."""
     NETWORK = "network"
     """Name of the stack's private Docker network (in-network smoke checks join it)."""
-    TLS_CA = "tls_ca"
-    """PEM of the CA the ``.env`` URLs verify with (public), or null without TLS."""
-    TLS_CA_FILE = "tls_ca_file"
-    """Where the ``.env`` URLs expect that CA on this host; ``poolkit env`` writes it there."""

@@ -8,12 +8,15 @@ names a backend (``PULUMI_BACKEND_URL``) or a passphrase (``PULUMI_CONFIG_PASSPH
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,13 @@ PASSPHRASE_FILE = Path(".poolkit") / "pulumi-passphrase"
 LOG_TAIL_LINES = 30
 """Lines of each failing container's log shown when ``pulumi up`` fails."""
 DOCKER_TIMEOUT_S = 30
+SMOKE_MODULES = ("__init__.py", "console.py", "envfile.py", "smoke.py", "urls.py")
+"""What ``python3 -m poolkit.smoke`` needs of this package (besides psycopg and dotenv)."""
+APP_IMAGE_DIR = "/opt/poolkit"
+"""The app image's working directory, where the smoke run gets its files."""
+APP_USER = "app"
+"""The user of images/app/Dockerfile, who runs the smoke checks."""
+SMOKE_TIMEOUT_S = 240
 
 
 class PulumiError(click.ClickException):
@@ -129,27 +139,82 @@ def write_env(
     name = _stack_name(stack)
     pulumi_cli()
     project = _project(project)
-    outputs = stack_outputs(name, project)
+    return _write_env(name, stack_outputs(name, project), out or project / f".env.{name}")
+
+
+def _write_env(name: str, outputs: Mapping[str, Any], path: Path) -> Path:
     text = outputs.get(Outputs.ENV_FILE)
     if not isinstance(text, str):
         raise PulumiError(f"stack {name} has no {Outputs.ENV_FILE} output yet: "
                           f"run `poolkit up --target pulumi --stack {name}` first")  # fmt: skip
-    path = out or project / f".env.{name}"
     write_private(path, text)
-    write_ca(outputs)
     return path
 
 
-def write_ca(outputs: dict[str, Any]) -> Path | None:
-    """Write the stack's CA certificate where its ``.env`` URLs expect it (0644: public)."""
-    pem, where = outputs.get(Outputs.TLS_CA), outputs.get(Outputs.TLS_CA_FILE)
-    if not (isinstance(pem, str) and pem and isinstance(where, str) and where):
-        return None
-    path = Path(where)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(pem, encoding="utf-8")
-    path.chmod(0o644)
-    return path
+def _docker(*args: str, stdin: bytes | None = None, timeout: float = DOCKER_TIMEOUT_S) -> str:
+    """``docker ARGS``; PulumiError naming the step when it fails."""
+    docker = shutil.which("docker")
+    if docker is None:
+        raise PulumiError("the smoke run on the stack's network needs the `docker` CLI")
+    done = subprocess.run([docker, *args], input=stdin, capture_output=True, check=False,
+                          timeout=timeout)  # fmt: skip
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip()
+        raise PulumiError(f"`docker {args[0]}` failed with exit {done.returncode}: {detail}")
+    return done.stdout.decode(errors="replace")
+
+
+def _smoke_modules() -> bytes:
+    """A tar of the modules ``python3 -m poolkit.smoke`` runs (``poolkit/…``, 0644; no secret:
+    the ``.env`` goes to the container on stdin)."""
+    here = Path(__file__).resolve().parent
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folder = tarfile.TarInfo("poolkit")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        for name in SMOKE_MODULES:
+            data = (here / name).read_bytes()
+            info = tarfile.TarInfo(f"poolkit/{name}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def smoke_in_network(stack: str, outputs: Mapping[str, Any]) -> bool:
+    """Run the smoke checks in a one-off container on the stack's network (for a stack whose
+    Postgres is not published, so ``DIRECT_URL`` works only there); print each check; True if
+    all passed. The container runs the app image as its user and is removed afterwards."""
+    from poolkit.cli.output import smoke_check_line
+    from poolkit.smoke import Check
+
+    replicas = [names for names in outputs[Outputs.CONTAINERS]["apps"].values() if names]
+    if not replicas:
+        raise PulumiError(
+            f"stack {stack}: Postgres is not published and the stack has no app image to run "
+            "the smoke checks on its network. Fix: set poolkit:postgres.publish: true, or add "
+            "an app to poolkit:apps")  # fmt: skip
+    image = _docker("inspect", "--format", "{{.Image}}", replicas[0][0]).strip()
+    container = _docker(
+        "create", "--network", str(outputs[Outputs.NETWORK]), "--label", f"{STACK_LABEL}={stack}",
+        "--user", APP_USER, "--workdir", APP_IMAGE_DIR, "--interactive", "--entrypoint",
+        "python3", image, "-m", "poolkit.smoke", "-").strip()  # fmt: skip
+    try:
+        _docker("cp", "-", f"{container}:{APP_IMAGE_DIR}", stdin=_smoke_modules())
+        docker = shutil.which("docker") or "docker"
+        done = subprocess.run([docker, "start", "--attach", "--interactive", container],
+                              input=str(outputs[Outputs.NETWORK_ENV_FILE]), capture_output=True,
+                              text=True, check=False, timeout=SMOKE_TIMEOUT_S)  # fmt: skip
+    finally:
+        _docker("rm", "--force", container)
+    checks = []
+    for line in done.stdout.splitlines():
+        checks.append(Check(**json.loads(line)))
+        click.echo(smoke_check_line(checks[-1]))
+    if done.returncode not in (0, 1) or not checks:
+        raise PulumiError(f"the smoke run on the stack's network failed with exit "
+                          f"{done.returncode}: {done.stderr.strip()[-2000:]}")  # fmt: skip
+    return done.returncode == 0 and all(check.ok for check in checks)
 
 
 def up(
@@ -178,10 +243,19 @@ def up(
         if tails:
             raise PulumiError(f"{error.message}\n{tails}") from None
         raise
-    path = write_env(name, project, env_file)
+    outputs = stack_outputs(name, project)
+    path = _write_env(name, outputs, env_file or project / f".env.{name}")
     click.echo(f"wrote {path} (0600)", err=True)
-    if smoke:
+    if not smoke:
+        return path
+    if outputs.get(Outputs.POSTGRES_PORT) is not None:
         run_smoke(path, project)
+        return path
+    # DIRECT_URL names Postgres on the private network: only a container there can check it.
+    click.echo(f"Postgres is not published: smoke checks run on network "
+               f"{outputs[Outputs.NETWORK]}", err=True)  # fmt: skip
+    if not smoke_in_network(name, outputs):
+        raise PulumiError(f"smoke checks on the network of stack {name} failed (above)")
     return path
 
 

@@ -8,7 +8,9 @@ every loop is bounded in count and in time.
 
 from __future__ import annotations
 
+import json
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +23,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from poolkit import console
-from poolkit.envfile import read_env
+from poolkit.envfile import parse_env, read_env
 from poolkit.urls import mask
 
 REQUIRED = ("DIRECT_URL", "POOLED_DATABASE_URL", "PGBOUNCER_STATS_URL",
@@ -357,3 +359,23 @@ def run_file(path: Path, on_check: Callable[[Check], None] | None = None) -> lis
 def as_json(path: Path, checks: list[Check], seconds: float) -> dict[str, Any]:
     return {"env_file": str(path), "ok": all(c.ok for c in checks), "seconds": round(seconds, 3),
             "checks": [asdict(c) for c in checks]}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m poolkit.smoke ENV_FILE|-``: each check as one JSON line; exit 1 if any failed.
+
+    Needs only psycopg and python-dotenv, not the CLI: ``poolkit up --target pulumi`` runs it in
+    a one-off container on the stack's network when Postgres is not published to the host,
+    with the ``.env`` on stdin (``-``), so no file in that container holds a password.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python3 -m poolkit.smoke ENV_FILE|-", file=sys.stderr)
+        return 2
+    env = parse_env(sys.stdin.read()) if args[0] == "-" else read_env(Path(args[0]))
+    checks = run(env, lambda check: print(json.dumps(asdict(check)), flush=True))
+    return 0 if all(check.ok for check in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

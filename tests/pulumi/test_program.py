@@ -15,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from poolkit.config import ConfigError, StackConfig, load_stack, parse_stack
 from poolkit.envfile import parse_env
-from poolkit.layouts import docker_layout
+from poolkit.layouts import docker_layout, network_layout
 from poolkit.outputs import Outputs
 from poolkit.render import (
     render_env,
@@ -383,6 +383,13 @@ def test_outputs_match_the_rendered_env_file(stack_name: str, deployed: Deployme
     assert outputs[Outputs.PLAN] == sized.as_dict()
     pooled = conninfo_to_dict(outputs[Outputs.POOLED_LIBPQ_URL])
     assert (pooled["host"], pooled["port"]) == ("127.0.0.1", str(stack.pgbouncer.port))
+    network_text = render_env(stack, sized, secrets_of(deployed, stack), network_layout(stack))
+    assert outputs[Outputs.NETWORK_ENV_FILE] == network_text
+    network_env = parse_env(network_text)
+    direct = conninfo_to_dict(network_env["DIRECT_URL"])
+    pooled = conninfo_to_dict(network_env["POOLED_DATABASE_URL"])
+    assert (direct["host"], direct["port"], pooled["host"], pooled["port"]) == (
+        "postgres", "5432", "pgbouncer", "6432")  # fmt: skip
 
 
 def test_dev_and_prod_differ_as_their_files_say() -> None:
@@ -465,6 +472,15 @@ def test_an_invalid_stack_fails_before_any_resource(case: str) -> None:
     assert deploy.last_monitor.registered == [], "resources were registered before the failure"
 
 
+def test_client_tls_is_refused_before_any_resource() -> None:
+    """Valid for the local target, but the Docker target has no certificate to give PgBouncer."""
+    config = {"poolkit:pgbouncer": {"client_tls": True}}
+    plan(parse_stack(config, "tls"))  # valid for the core
+    with pytest.raises(pulumi.RunError, match=r"poolkit:pgbouncer.client_tls: is not supported"):
+        deploy("tls", config)
+    assert deploy.last_monitor.registered == [], "resources were registered before the failure"
+
+
 @pytest.mark.parametrize(("key", "value"), [("postgres", {"version": 16}),
                                             ("pgbouncer", {"version": "1.23"})])
 def test_a_version_the_images_cannot_build_is_refused_before_any_resource(
@@ -480,11 +496,11 @@ def test_a_version_the_images_cannot_build_is_refused_before_any_resource(
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    config = {"poolkit:postgres": {"version": 15}, "poolkit:pgbouncer": {"version": "1.23"}}
+    config = {"poolkit:postgres": {"version": 15}, "poolkit:pgbouncer": {"client_tls": True}}
     with pytest.raises(pulumi.RunError) as failure:
         deploy("two", config)
     assert "postgres.version" in str(failure.value)
-    assert "pgbouncer.version" in str(failure.value)
+    assert "pgbouncer.client_tls" in str(failure.value)
 
 
 def test_versions_output_is_what_the_images_install(dev: Deployment) -> None:

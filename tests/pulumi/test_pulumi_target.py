@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,28 @@ elif args[:2] == ["stack", "output"]:
     print(open(os.environ["FAKE_PULUMI_OUTPUTS"]).read())
 """
 FAKE_DOCKER = """#!{python}
-import os, sys
+import json, os, sys
 args = sys.argv[1:]
+with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
 if args[0] == "ps" and "label=poolkit.stack=dev" in args:  # the stack's containers only
     print(os.environ.get("FAKE_DOCKER_PS", ""), end="")
 elif args[0] == "logs":
     print(f"log of {{args[-1]}} (--tail {{args[2]}})")
+elif args[0] == "inspect":
+    print("sha256:appimage")
+elif args[0] == "create":
+    print("c0ffee")
+elif args[0] == "cp":
+    with open(os.environ["FAKE_DOCKER_LOG"] + ".tar", "wb") as tar:
+        tar.write(sys.stdin.buffer.read())
+elif args[0] == "start":
+    with open(os.environ["FAKE_DOCKER_LOG"] + ".stdin", "w") as stdin:
+        stdin.write(sys.stdin.read())
+    for name in ("direct.connect", "pooled.connect"):
+        ok = name != os.environ.get("FAKE_SMOKE_FAIL")
+        print(json.dumps({{"name": name, "ok": ok, "figure": "PG 17", "seconds": 0.01}}))
+    sys.exit(0 if not os.environ.get("FAKE_SMOKE_FAIL") else 1)
 """
 ENV_TEXT = 'POOLED_DATABASE_URL="postgresql://app:s3cret@127.0.0.1:16432/app"\n'
 
@@ -65,9 +82,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     docker.write_text(FAKE_DOCKER.format(python=sys.executable))
     docker.chmod(0o755)
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps({Outputs.ENV_FILE: ENV_TEXT, Outputs.PGBOUNCER_PORT: 16432}))
+    outputs.write_text(json.dumps({Outputs.ENV_FILE: ENV_TEXT, Outputs.PGBOUNCER_PORT: 16432,
+                                   Outputs.POSTGRES_PORT: 15432}))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_PULUMI_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.jsonl"))
     monkeypatch.setenv("FAKE_PULUMI_OUTPUTS", str(outputs))
     for name in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE"):
         monkeypatch.delenv(name, raising=False)
@@ -176,6 +195,55 @@ def test_a_failed_pulumi_up_shows_the_log_tail_of_unhealthy_containers(
     assert ("container poolkit-dev-postgres (Restarting (1) 2 seconds ago), last 30 log lines:\n"
             "log of poolkit-dev-postgres (--tail 30)") in message
     assert "poolkit-dev-pgbouncer" not in message
+
+
+NETWORK_ENV = 'DIRECT_URL="postgresql://owner:s3cret@postgres:5432/app"\n'
+
+
+def unpublished(project: Path) -> None:
+    """Outputs of a stack that does not publish Postgres (prod), with one app image."""
+    Path(os.environ["FAKE_PULUMI_OUTPUTS"]).write_text(json.dumps({
+        Outputs.ENV_FILE: ENV_TEXT, Outputs.NETWORK_ENV_FILE: NETWORK_ENV,
+        Outputs.POSTGRES_PORT: None, Outputs.NETWORK: "poolkit-prod-net",
+        Outputs.CONTAINERS: {"apps": {"orders": ["poolkit-prod-orders-0"]}}}))  # fmt: skip
+
+
+def test_up_of_an_unpublished_postgres_smokes_on_the_stack_network(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unpublished(project)
+    pulumi_target.up("dev")
+    output = capsys.readouterr()
+    assert "PASS direct.connect" in output.out and "s3cret" not in output.out + output.err
+    assert "smoke checks run on network poolkit-prod-net" in output.err
+    log = project.parent / "docker.jsonl"
+    docker = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [args[0] for args in docker] == ["inspect", "create", "cp", "start", "rm"]
+    assert docker[0][-1] == "poolkit-prod-orders-0"
+    create = docker[1]
+    assert create[create.index("--network") + 1] == "poolkit-prod-net"
+    assert create[create.index("--user") + 1] == "app"
+    assert "poolkit.stack=dev" in create and "sha256:appimage" in create
+    assert create[-3:] == ["-m", "poolkit.smoke", "-"] and "--interactive" in create
+    assert docker[2] == ["cp", "-", "c0ffee:/opt/poolkit"]
+    assert docker[3] == ["start", "--attach", "--interactive", "c0ffee"]
+    assert docker[4] == ["rm", "--force", "c0ffee"]
+    # The .env (passwords) reaches the container on stdin only, never in a file or argument.
+    assert Path(f"{log}.stdin").read_text() == NETWORK_ENV
+    assert "s3cret" not in log.read_text()
+    with tarfile.open(f"{log}.tar") as tar:
+        names = set(tar.getnames())
+    assert {"poolkit/smoke.py", "poolkit/envfile.py", "poolkit/console.py"} <= names
+    assert all(name.startswith("poolkit") for name in names)
+
+
+def test_a_failed_smoke_on_the_network_fails_up(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unpublished(project)
+    monkeypatch.setenv("FAKE_SMOKE_FAIL", "pooled.connect")
+    with pytest.raises(PulumiError, match="smoke checks on the network of stack dev failed"):
+        pulumi_target.up("dev")
 
 
 def test_a_failed_smoke_fails_up(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,14 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from poolkit.envfile import parse_env
-from poolkit.layouts import docker_layout
-from poolkit.render import RenderError, render_all, render_pg_hba, render_postgresql_conf
+from poolkit.layouts import docker_layout, network_layout
+from poolkit.render import (
+    RenderError,
+    render_all,
+    render_env,
+    render_pg_hba,
+    render_postgresql_conf,
+)
 from poolkit.sizing import plan
 from tests.unit.factories import secrets, stack
 
@@ -129,6 +135,30 @@ def test_env_urls_point_at_the_right_ports_and_users() -> None:
     assert env["POOL_CONNECTION_LIMIT"] == "1"
 
 
+PRIVATE_DIRECT = "Postgres is not published (poolkit:postgres.publish: false)"
+FOR_CONTAINERS = "# For containers on the stack's private Docker network"
+
+
+@pytest.mark.parametrize(("publish", "network", "notes"), [
+    (True, False, set()),
+    (False, False, {PRIVATE_DIRECT}),
+    (False, True, {FOR_CONTAINERS}),
+])  # fmt: skip
+def test_env_says_where_its_urls_work(publish: bool, network: bool, notes: set[str]) -> None:
+    """The host's .env of an unpublished Postgres flags DIRECT_URL; a container's .env says so."""
+    config = stack(postgres={"port": 15432, "publish": publish})
+    layout = (network_layout if network else docker_layout)(config)
+    text = render_env(config, plan(config), secrets(), layout)
+    found = {note for note in (PRIVATE_DIRECT, FOR_CONTAINERS) if note in text}
+    assert found == notes, text
+    direct = conninfo_to_dict(parse_env(text)["DIRECT_URL"])["host"]
+    assert direct == ("127.0.0.1" if publish and not network else "postgres")
+    if PRIVATE_DIRECT in notes:  # the note sits right above the URL it is about
+        lines = text.splitlines()
+        above = lines[lines.index(next(li for li in lines if li.startswith("DIRECT_URL="))) - 1]
+        assert above.startswith("# runs its smoke checks that way"), above
+
+
 def test_per_app_env_files_when_connection_limits_differ() -> None:
     files = _files(apps=APPS)
     assert {".env", ".env.orders", ".env.batch"} <= set(files)
@@ -171,10 +201,9 @@ def test_client_tls_requires_tls_in_ini_and_urls() -> None:
     assert ini["client_tls_sslmode"] == "require"
     assert ini["client_tls_key_file"] == "/etc/pgbouncer/client-tls.key"
     env = parse_env(files[".env"])
-    assert "/app?sslmode=verify-full&sslrootcert=" in env["POOLED_DATABASE_URL"]
+    assert env["DATABASE_URL"].endswith("/app?sslmode=require")
     assert env["POOLED_DATABASE_URL"] == env["DATABASE_URL"]
-    assert "&sslmode=require&sslcert=" in env["PRISMA_ENGINE_DATABASE_URL"]
-    assert env["PRISMA_ENGINE_DATABASE_URL"].endswith("&sslaccept=strict")
+    assert env["PRISMA_ENGINE_DATABASE_URL"].endswith("&sslmode=require")
     assert "sslmode" not in env["DIRECT_URL"]
 
 
