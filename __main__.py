@@ -10,8 +10,9 @@ from __future__ import annotations
 import pulumi
 
 from components import Environment, EnvironmentArgs
-from components.stack_config import load_stack
+from components.stack_config import given_tls, load_stack
 from poolkit.config import NAMESPACE
+from poolkit.layouts import docker_layout
 from poolkit.outputs import Outputs
 
 config = pulumi.Config(NAMESPACE)
@@ -22,6 +23,7 @@ environment = Environment(NAMESPACE, EnvironmentArgs(
     plan=plan,
     app_password=config.get_secret("app_password"),
     migrator_password=config.get_secret("migrator_password"),
+    given_tls=given_tls(stack, config),
 ))  # fmt: skip
 
 pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
@@ -40,3 +42,5 @@ pulumi.export(Outputs.CONTAINERS, {
     "apps": {app.app_name: app.container_names for app in environment.apps},
 })  # fmt: skip
 pulumi.export(Outputs.NETWORK, environment.network.name)
+pulumi.export(Outputs.TLS_CA, environment.tls_ca)
+pulumi.export(Outputs.TLS_CA_FILE, docker_layout(stack).tls_ca_file if environment.tls_ca else None)

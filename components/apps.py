@@ -12,14 +12,16 @@ from components.common import (
     container_labels,
     docker_name,
     healthcheck,
-    loopback_port,
+    published_port,
+    tls_uploads,
 )
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
-from poolkit.layouts import network_layout
-from poolkit.render import render_env
+from poolkit.layouts import APP_CA_DIR, network_layout
+from poolkit.render import TLS_CA, render_env
 from poolkit.secrets import Secrets
 from poolkit.sizing import AppPlan, Plan
+from poolkit.tls import ServerTls
 
 APP_PORT = 8080
 """Port the app image listens on (images/app/Dockerfile)."""
@@ -32,6 +34,11 @@ HEALTH_PROBE = (
     f"urllib.request.urlopen('http://127.0.0.1:{APP_PORT}/healthz', timeout=4)"
 )
 """GET /healthz does a round trip through PgBouncer; urlopen raises (exit 1) unless 2xx."""
+
+
+def needs_ca(stack: StackConfig) -> bool:
+    """Whether the apps' URLs verify a server over TLS with a CA file."""
+    return (stack.pgbouncer.client_tls or stack.postgres_exposed) and stack.tls.has_ca
 
 
 def replica_env(
@@ -65,6 +72,8 @@ class ServerlessAppArgs:
     """Created after these (the PgBouncer container, healthy)."""
     wait_timeout: int = 60
     """Seconds ``pulumi up`` waits for each replica's first healthy check."""
+    tls: pulumi.Output[ServerTls] | None = None
+    """The stack's TLS material: the apps get its CA file when their URLs verify."""
 
 
 class ServerlessApp(pulumi.ComponentResource):
@@ -91,9 +100,11 @@ class ServerlessApp(pulumi.ComponentResource):
                 name=docker_name(stack.stack, app.name, str(replica)),
                 image=args.image,
                 envs=envs,
+                uploads=(tls_uploads(args.tls, APP_CA_DIR, None, None, TLS_CA)
+                         if args.tls is not None and needs_ca(stack) else None),
                 networks_advanced=[docker.ContainerNetworksAdvancedArgs(
                     name=args.network, aliases=[app.name])],
-                ports=[loopback_port(APP_PORT, port)],
+                ports=[published_port(APP_PORT, port)],
                 healthcheck=healthcheck(["python3", "-c", HEALTH_PROBE]),
                 restart="unless-stopped",
                 wait=True,

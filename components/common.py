@@ -20,6 +20,7 @@ from poolkit.layouts import STACK_LABEL
 from poolkit.render import Layout
 from poolkit.secrets import Secrets
 from poolkit.sizing import Plan
+from poolkit.tls import ServerTls
 
 LabelArgs = TypeVar(
     "LabelArgs", docker.ContainerLabelArgs, docker.NetworkLabelArgs, docker.VolumeLabelArgs
@@ -45,6 +46,8 @@ class ServerArgs:
     """Name of the private network the container joins."""
     base_image: str = DEFAULT_BASE_IMAGE
     """``BASE_IMAGE`` build arg of the image."""
+    tls: pulumi.Output[ServerTls] | None = None
+    """Certificate, key and CA (``components.certificates``) when the stack uses TLS."""
 
 FILE_OWNER = "999"
 """uid/gid of the ``postgres`` user in the postgres and pgbouncer images (see their Dockerfiles).
@@ -142,10 +145,29 @@ def healthcheck(test: Sequence[str]) -> docker.ContainerHealthcheckArgs:
     )
 
 
-def loopback_port(internal: int, external: int) -> docker.ContainerPortArgs:
-    """Publish ``internal`` on 127.0.0.1:``external`` only."""
-    return docker.ContainerPortArgs(internal=internal, external=external, ip=LOOPBACK,
+def published_port(
+    internal: int, external: int, address: str = LOOPBACK
+) -> docker.ContainerPortArgs:
+    """Publish ``internal`` on ``address``:``external`` only (127.0.0.1 unless the stack says;
+    validation allows another address only for servers that require TLS)."""
+    return docker.ContainerPortArgs(internal=internal, external=external, ip=address,
                                     protocol="tcp")  # fmt: skip
+
+
+def tls_uploads(
+    tls: pulumi.Output[ServerTls], directory: str, cert: str | None, key: str | None,
+    ca: str | None = None,
+) -> list[docker.ContainerUploadArgs]:
+    """Files of ``tls`` under ``directory``: the key 0600 (a secret), certificates 0644."""
+    files = []
+    if cert:
+        files.append(upload(f"{directory}/{cert}", tls.apply(lambda t: t.cert), "0644"))
+    if key:
+        files.append(upload(f"{directory}/{key}",
+                            pulumi.Output.secret(tls.apply(lambda t: t.key)), "0600"))
+    if ca:
+        files.append(upload(f"{directory}/{ca}", tls.apply(lambda t: t.ca or ""), "0644"))
+    return files
 
 
 def upload(path: str, content: pulumi.Input[str], mode: str) -> docker.ContainerUploadArgs:

@@ -9,6 +9,7 @@ import pulumi_docker as docker
 import pulumi_random as random
 
 from components.apps import ServerlessApp, ServerlessAppArgs
+from components.certificates import Certificates, GivenTls
 from components.common import (
     DEFAULT_BASE_IMAGE,
     build_image,
@@ -45,6 +46,8 @@ class EnvironmentArgs:
     """Password of the owner role (``poolkit:migrator_password``); generated when None."""
     base_image: str = DEFAULT_BASE_IMAGE
     """``BASE_IMAGE`` build arg of every image."""
+    given_tls: GivenTls | None = None
+    """The stack's own certificate (secrets); generated into the state when None."""
 
 
 class Environment(pulumi.ComponentResource):
@@ -65,6 +68,9 @@ class Environment(pulumi.ComponentResource):
     pooled_libpq_url: pulumi.Output[str]
     versions: dict[str, int | str]
     """What the images install and run: the Postgres major and the PgBouncer series."""
+    certificates: Certificates | None
+    tls_ca: pulumi.Output[str] | None
+    """PEM of the CA the ``.env`` URLs verify with (not a secret), or None without TLS."""
 
     def __init__(
         self, name: str, args: EnvironmentArgs, opts: pulumi.ResourceOptions | None = None
@@ -85,14 +91,21 @@ class Environment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )  # fmt: skip
         secrets = self._credentials(name, stack, layout.superuser, args)
+        self.certificates = None
+        self.tls_ca = None
+        tls = None
+        if stack.uses_tls:
+            self.certificates = Certificates(f"{name}-tls", stack, args.given_tls, opts=child)
+            tls = self.certificates.material
+            self.tls_ca = self.certificates.ca_pem
 
         self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
             stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
-            base_image=args.base_image,
+            base_image=args.base_image, tls=tls,
         ), opts=child)  # fmt: skip
         self.pgbouncer = PgBouncer(f"{name}-pgbouncer", PgBouncerArgs(
             stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
-            depends_on=[self.postgres.container], base_image=args.base_image,
+            depends_on=[self.postgres.container], base_image=args.base_image, tls=tls,
         ), opts=child)  # fmt: skip
 
         self.apps = []
@@ -108,7 +121,7 @@ class Environment(pulumi.ComponentResource):
             self.apps = [
                 ServerlessApp(f"{name}-{app.name}", ServerlessAppArgs(
                     stack=stack, plan=plan, app=app, secrets=secrets, image=image_ref(app_image),
-                    network=self.network.name, depends_on=[self.pgbouncer.container],
+                    network=self.network.name, depends_on=[self.pgbouncer.container], tls=tls,
                 ), opts=child)
                 for app in plan.apps
             ]  # fmt: skip
@@ -131,6 +144,7 @@ class Environment(pulumi.ComponentResource):
             "direct_url": self.direct_url,
             "pooled_url": self.pooled_url,
             "pooled_libpq_url": self.pooled_libpq_url,
+            "tls_ca": self.tls_ca,
         })  # fmt: skip
 
     def _credentials(

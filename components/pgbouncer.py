@@ -14,12 +14,20 @@ from components.common import (
     docker_name,
     healthcheck,
     image_ref,
-    loopback_port,
     pgbouncer_lifecycle,
+    published_port,
+    tls_uploads,
     upload,
 )
 from poolkit.layouts import PGBOUNCER_ALIAS as NETWORK_ALIAS
-from poolkit.render import render_pgbouncer_ini, render_userlist
+from poolkit.render import (
+    TLS_CA,
+    TLS_CERT,
+    TLS_KEY,
+    render_pgbouncer_ini,
+    render_userlist,
+    server_tls_sslmode,
+)
 from poolkit.secrets import STATS_USER
 
 CONSOLE_DATABASE = "pgbouncer"
@@ -35,7 +43,8 @@ class PgBouncerArgs(ServerArgs):
 
 
 class PgBouncer(pulumi.ComponentResource):
-    """PgBouncer in transaction mode, published on 127.0.0.1:<pgbouncer.port> only."""
+    """PgBouncer in transaction mode, published on <pgbouncer.publish_address>:<port>
+    (127.0.0.1 unless the stack says; beyond it only with client TLS)."""
 
     image: docker.Image
     container: docker.Container
@@ -61,7 +70,16 @@ class PgBouncer(pulumi.ComponentResource):
                     render_pgbouncer_ini(stack, args.plan, layout), "0640"),
             upload(f"{layout.pgbouncer_dir}/userlist.txt", userlist, "0600"),
         ]  # fmt: skip
+        bouncer = stack.pgbouncer
+        if args.tls is not None and (bouncer.client_tls or bouncer.server_tls):
+            verify_server = bouncer.server_tls and server_tls_sslmode(stack) != "require"
+            uploads += tls_uploads(args.tls, layout.pgbouncer_dir,
+                                   TLS_CERT if bouncer.client_tls else None,
+                                   TLS_KEY if bouncer.client_tls else None,
+                                   TLS_CA if verify_server else None)  # fmt: skip
         self.published_port = stack.pgbouncer.port
+        port = published_port(layout.pgbouncer_port, self.published_port,
+                              bouncer.publish_address)
 
         self.container = docker.Container(
             f"{name}-container",
@@ -70,7 +88,7 @@ class PgBouncer(pulumi.ComponentResource):
             uploads=uploads,
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(
                 name=args.network, aliases=[NETWORK_ALIAS])],
-            ports=[loopback_port(layout.pgbouncer_port, self.published_port)],
+            ports=[port],
             # As the stats user on the console: a role PgBouncer knows, so each check is one
             # "login attempt" line in its log, not a "no such user" warning every 2 s.
             healthcheck=healthcheck(["pg_isready", "-h", "127.0.0.1", "-p",

@@ -16,12 +16,19 @@ from components.common import (
     healthcheck,
     image_ref,
     label_args,
-    loopback_port,
+    published_port,
+    tls_uploads,
     upload,
 )
 from poolkit.layouts import POSTGRES_ALIAS as NETWORK_ALIAS
 from poolkit.layouts import postgres_limits
-from poolkit.render import render_init_sql, render_pg_hba, render_postgresql_conf
+from poolkit.render import (
+    TLS_CERT,
+    TLS_KEY,
+    render_init_sql,
+    render_pg_hba,
+    render_postgresql_conf,
+)
 
 CPU_SHARES_PER_CPU = 1024
 """Docker's weight of one CPU."""
@@ -77,10 +84,13 @@ class Postgres(pulumi.ComponentResource):
             upload(f"{config_dir}/pg_hba.conf", render_pg_hba(stack, layout), "0644"),
             upload(f"{config_dir}/init.sql", init_sql, "0600"),
         ]  # fmt: skip
+        if stack.postgres_tls and args.tls is not None:
+            uploads += tls_uploads(args.tls, config_dir, TLS_CERT, TLS_KEY)
         self.published_port = stack.postgres.port if stack.postgres.publish else None
         ports = None
         if self.published_port is not None:
-            ports = [loopback_port(layout.postgres_port, self.published_port)]
+            ports = [published_port(layout.postgres_port, self.published_port,
+                                    stack.postgres.publish_address)]
         limits = postgres_limits(stack, args.plan)
 
         self.container = docker.Container(

@@ -15,13 +15,25 @@ from typing import Any
 
 import pulumi
 
-from poolkit.config import NAMESPACE, PASSWORD_ENV, ConfigError, StackConfig, parse_stack
+from components.certificates import GivenTls
+from poolkit import tls
+from poolkit.config import (
+    NAMESPACE,
+    PASSWORD_ENV,
+    TLS_SECRET_KEYS,
+    ConfigError,
+    Encrypted,
+    StackConfig,
+    parse_stack,
+)
 from poolkit.layouts import docker_problems
 from poolkit.sizing import Plan
 from poolkit.sizing import plan as size
 
-OBJECT_KEYS = ("postgres", "pgbouncer", "database", "apps")
+OBJECT_KEYS = ("postgres", "pgbouncer", "database", "apps", "tls")
 PASSWORD_KEYS = tuple(PASSWORD_ENV)  # app_password, migrator_password
+SECRET_KEYS = (*PASSWORD_KEYS, *TLS_SECRET_KEYS)
+"""Read only to be validated; resources take them from ``Config.get_secret``."""
 
 
 def stack_keys() -> list[str]:
@@ -47,7 +59,7 @@ def raw_config(config: pulumi.Config) -> dict[str, Any]:
     for key in stack_keys():
         if key in OBJECT_KEYS:
             value: Any = config.get_object(key)
-        elif key in PASSWORD_KEYS:
+        elif key in SECRET_KEYS:
             value = config.get(key)
         elif is_secret(key):
             value = "(secret)"  # an unknown secret key: report the key, never its value
@@ -74,7 +86,9 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
         plan = size(stack)
     except ConfigError as error:
         raise _refused(error) from error
-    for key in PASSWORD_KEYS:
+    if stack.tls.given:
+        _check_given_certificate(stack)
+    for key in SECRET_KEYS:
         if f"{NAMESPACE}:{key}" in raw and not is_secret(key):
             pulumi.log.warn(
                 f"{NAMESPACE}:{key} is stored in clear text in the stack file; "
@@ -83,4 +97,28 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
     for warning in stack.warnings:
         pulumi.log.warn(warning)
     no_passwords = dataclasses.replace(stack.database, app_password=None, migrator_password=None)
-    return dataclasses.replace(stack, database=no_passwords), plan
+    # The PEMs stay in Pulumi's secrets; the model only keeps which of them were given.
+    in_secrets = Encrypted("(a Pulumi stack secret)")
+    pems = {field: in_secrets for field in ("certificate", "key", "ca")
+            if getattr(stack.tls, field) is not None}  # fmt: skip
+    tls_spec = dataclasses.replace(stack.tls, **pems)
+    return dataclasses.replace(stack, database=no_passwords, tls=tls_spec), plan
+
+
+def _check_given_certificate(stack: StackConfig) -> None:
+    """The stack's own certificate, key and CA: usable for its names, or RunError (no PEM text)."""
+    given = stack.tls
+    problems = tls.check_given(str(given.certificate), str(given.key),
+                               str(given.ca) if given.ca else None, given.names)  # fmt: skip
+    if problems:
+        raise pulumi.RunError("invalid stack config:\n" + "\n".join(
+            f"  - {NAMESPACE}:{p}" for p in problems))  # fmt: skip
+
+
+def given_tls(stack: StackConfig, config: pulumi.Config) -> GivenTls | None:
+    """The stack's own certificate as secret inputs, or None to generate one."""
+    if not stack.tls.given:
+        return None
+    return GivenTls(certificate=config.require_secret("tls_certificate"),
+                    key=config.require_secret("tls_key"),
+                    ca=config.get_secret("tls_ca"))  # fmt: skip

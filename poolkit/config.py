@@ -8,6 +8,7 @@ changes. Validation reports every problem at once; each names the key, the bad v
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,13 @@ PASSWORD_ENV = {
     "app_password": "POOLKIT_APP_PASSWORD",
     "migrator_password": "POOLKIT_MIGRATOR_PASSWORD",
 }
+TLS_SECRET_KEYS = ("tls_certificate", "tls_key", "tls_ca")
+"""Stack secrets holding the user's own PEM certificate, key and (optional) CA."""
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
+"""The only publish addresses allowed without TLS."""
+WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::"})
+DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+DNS_NAME = re.compile(rf"^(\*\.)?({DNS_LABEL}\.)*{DNS_LABEL}$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,10 @@ class PostgresSpec:
     """Override; derived from the pool plan when absent."""
     port: int = 5432
     publish: bool = False
-    """Docker target: publish the port on 127.0.0.1 (the direct URL needs it from the host)."""
+    """Docker target: publish the port (the direct URL needs it from the host)."""
+    publish_address: str = "127.0.0.1"
+    """Host address the port is published on. Beyond 127.0.0.1 Postgres takes TLS only
+    (``hostssl``) and only from the migrator role: the migration path from outside."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +108,44 @@ class PgBouncerSpec:
     """Seconds a paused (zombie) instance may sit in an open transaction holding a server."""
     port: int = 6432
     client_tls: bool = False
-    """Require TLS from clients (self-signed certificate for dev; sslmode=require in the URLs)."""
+    """Require TLS from clients (``client_tls_sslmode = require``; verify-full in the URLs)."""
+    server_tls: bool = False
+    """PgBouncer to Postgres over TLS (``server_tls_sslmode``, verify-full with a generated CA)."""
+    publish_address: str = "127.0.0.1"
+    """Host address PgBouncer is published on (Docker) or listens on (local). Anything but
+    127.0.0.1 or ::1 needs ``client_tls``."""
 
     @property
     def version_tuple(self) -> tuple[int, int]:
         major, minor = PGBOUNCER_VERSION.match(self.version).groups()[:2]  # type: ignore[union-attr]
         return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class TlsSpec:
+    names: tuple[str, ...] = ()
+    """DNS names or IP addresses clients connect with: the URLs' host (the first) and the
+    subjectAltNames a generated certificate carries."""
+    ca_file: str | None = None
+    """Where clients read the CA from (``sslrootcert`` in the URLs); default: the target's."""
+    generation: int = 1
+    """Bump it to re-issue the generated server certificate (same CA: clients keep working)."""
+    certificate: str | Encrypted | None = None
+    """``poolkit:tls_certificate``: your PEM certificate (chain); generated when absent."""
+    key: str | Encrypted | None = None
+    """``poolkit:tls_key``: its unencrypted PEM private key (a secret)."""
+    ca: str | Encrypted | None = None
+    """``poolkit:tls_ca``: the CA that issued it; absent means a public CA (system roots)."""
+
+    @property
+    def given(self) -> bool:
+        """Whether the certificate comes from the stack's secrets rather than being generated."""
+        return self.certificate is not None
+
+    @property
+    def has_ca(self) -> bool:
+        """Whether clients get a CA file to verify with (generated, or given as tls_ca)."""
+        return not self.given or self.ca is not None
 
 
 @dataclass(frozen=True)
@@ -137,7 +180,23 @@ class StackConfig:
     pgbouncer: PgBouncerSpec = field(default_factory=PgBouncerSpec)
     database: DatabaseSpec = field(default_factory=DatabaseSpec)
     apps: tuple[AppSpec, ...] = ()
+    tls: TlsSpec = field(default_factory=TlsSpec)
     warnings: tuple[str, ...] = ()
+
+    @property
+    def postgres_exposed(self) -> bool:
+        """Postgres is published beyond loopback (then TLS-only, migrator only)."""
+        return self.postgres.publish and self.postgres.publish_address not in LOOPBACK_ADDRESSES
+
+    @property
+    def postgres_tls(self) -> bool:
+        """Postgres serves TLS: for PgBouncer (server_tls) or for its published port."""
+        return self.pgbouncer.server_tls or self.postgres_exposed
+
+    @property
+    def uses_tls(self) -> bool:
+        """Any server of the stack needs a certificate."""
+        return self.pgbouncer.client_tls or self.postgres_tls
 
 
 # --- field rules -------------------------------------------------------------------------------
@@ -188,6 +247,36 @@ def _pgbouncer_version_check(v: str) -> str | None:
     return None
 
 
+def _address_check(v: str) -> str | None:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return "must be an IP address of this host"
+    return None
+
+
+def _names_check(v: list[Any]) -> str | None:
+    if not v:
+        return "must list at least one name"
+    for name in v:
+        if not isinstance(name, str):
+            return f"must hold names as text ({name!r} is not)"
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not DNS_NAME.match(name) or len(name) > 253:
+                return f"holds {name!r}, which is neither a DNS name nor an IP address"
+    if v[0].startswith("*."):
+        return "must start with a name clients connect with, not a wildcard"
+    return None
+
+
+def _path_check(v: str) -> str | None:
+    if not v or any(c in v for c in "\n\r\0?&#% "):
+        return "must be a file path without spaces or ?&#%"
+    return None
+
+
 def _identifier(v: str) -> str | None:
     if not IDENTIFIER.match(v):
         return "must be a lower-case SQL identifier (letters, digits, _; max 63)"
@@ -208,6 +297,8 @@ POSTGRES_RULES: dict[str, Rule] = {
                             optional=True),
     "port": PORT,
     "publish": Rule(bool, "use true or false"),
+    "publish_address": Rule(str, "use an IP address: 127.0.0.1 (loopback), a host address, "
+                            "or 0.0.0.0 (every interface)", _address_check),
 }  # fmt: skip
 
 PGBOUNCER_RULES: dict[str, Rule] = {
@@ -230,6 +321,18 @@ PGBOUNCER_RULES: dict[str, Rule] = {
                                      _between(0, 86400)),
     "port": PORT,
     "client_tls": Rule(bool, "use true or false"),
+    "server_tls": Rule(bool, "use true or false"),
+    "publish_address": Rule(str, "use an IP address: 127.0.0.1 (loopback), a host address, "
+                            "or 0.0.0.0 (every interface, with client_tls)", _address_check),
+}  # fmt: skip
+
+TLS_RULES: dict[str, Rule] = {
+    "names": Rule(list, "list the DNS names or IP addresses clients connect with, "
+                  "e.g. [db.example.com]", _names_check, convert=tuple),
+    "ca_file": Rule(str, "give the path clients read the CA from, e.g. /var/task/ca.crt",
+                    _path_check),
+    "generation": Rule(int, "use a whole number; bump it to re-issue the certificate",
+                       _between(1, 1_000_000)),
 }  # fmt: skip
 
 DATABASE_RULES: dict[str, Rule] = {
@@ -252,7 +355,8 @@ APP_RULES: dict[str, Rule] = {
 APP_REQUIRED = ("name", "style")
 
 
-TYPE_NAMES: dict[Any, str] = {int: "a whole number", str: "text", bool: "true or false"}
+TYPE_NAMES: dict[Any, str] = {int: "a whole number", str: "text", bool: "true or false",
+                              list: "a list"}
 
 
 def _suggest(key: str, known: Sequence[str]) -> str:
@@ -323,6 +427,19 @@ def _read_password(key: str, raw: Any, problems: list[Problem]) -> str | Encrypt
     return raw
 
 
+def _read_pem(key: str, raw: Any, problems: list[Problem]) -> str | Encrypted | None:
+    """A PEM secret (``tls_certificate``, ``tls_key``, ``tls_ca``); checked in depth by tls.py."""
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping) and set(raw) == {"secure"}:
+        return Encrypted(str(raw["secure"]))
+    if not isinstance(raw, str) or "-----BEGIN " not in raw:
+        problems.append(Problem(f"{NAMESPACE}:{key}", "***", "must be PEM text (-----BEGIN …)",
+                                f"pulumi config set --secret {NAMESPACE}:{key} < file.pem"))
+        return None
+    return raw
+
+
 def _read_apps(raw: Any, problems: list[Problem]) -> tuple[AppSpec, ...]:
     where = f"{NAMESPACE}:apps"
     if raw is None:
@@ -371,6 +488,8 @@ def _cross_checks(stack: StackConfig, problems: list[Problem]) -> None:
             "remove it, or use PgBouncer 1.21+",
         ))  # fmt: skip
 
+    _exposure_checks(stack, problems)
+
     seen_names: set[str] = set()
     taken: dict[int, str] = {stack.postgres.port: f"{ns}:postgres.port"}
     if bouncer.port in taken:
@@ -402,15 +521,67 @@ def _cross_checks(stack: StackConfig, problems: list[Problem]) -> None:
             taken[port] = f"{path}.port"
 
 
+def _exposure_checks(stack: StackConfig, problems: list[Problem]) -> None:
+    """Nothing leaves loopback without TLS; a certificate needs the names clients use."""
+    ns, bouncer, postgres, tls = NAMESPACE, stack.pgbouncer, stack.postgres, stack.tls
+    if bouncer.publish_address not in LOOPBACK_ADDRESSES and not bouncer.client_tls:
+        problems.append(Problem(
+            f"{ns}:pgbouncer.publish_address", bouncer.publish_address,
+            "publishes PgBouncer beyond 127.0.0.1 without TLS",
+            f"set {ns}:pgbouncer.client_tls: true (client_tls_sslmode = require), "
+            "or publish on 127.0.0.1",
+        ))  # fmt: skip
+    if stack.postgres_exposed and not bouncer.server_tls:
+        problems.append(Problem(
+            f"{ns}:postgres.publish_address", postgres.publish_address,
+            "publishes Postgres beyond 127.0.0.1, where it takes TLS only, but PgBouncer "
+            "reaches it without TLS",
+            f"set {ns}:pgbouncer.server_tls: true, or publish Postgres on 127.0.0.1",
+        ))  # fmt: skip
+    if postgres.publish_address not in LOOPBACK_ADDRESSES and not postgres.publish:
+        problems.append(Problem(
+            f"{ns}:postgres.publish_address", postgres.publish_address,
+            f"has no effect while {ns}:postgres.publish is false",
+            f"set {ns}:postgres.publish: true, or remove publish_address",
+        ))  # fmt: skip
+    wildcards = [(f"{ns}:{section}.publish_address", address)
+                 for section, address, used in (
+                     ("pgbouncer", bouncer.publish_address, True),
+                     ("postgres", postgres.publish_address, postgres.publish))
+                 if used and address in WILDCARD_ADDRESSES]  # fmt: skip
+    if wildcards and not tls.names:
+        key, address = wildcards[0]
+        problems.append(Problem(
+            f"{ns}:tls.names", [], f"is empty while {key} is {address} (every interface)",
+            "list the DNS names clients connect with, e.g. [db.example.com]: URLs use the first "
+            "and verify-full checks the certificate against it",
+        ))  # fmt: skip
+    given = {key: getattr(tls, key.removeprefix("tls_")) for key in TLS_SECRET_KEYS}
+    if given["tls_key"] is not None and given["tls_certificate"] is None:
+        problems.append(Problem(f"{ns}:tls_key", "***", "is set without tls_certificate",
+                                f"set {ns}:tls_certificate too, or remove tls_key"))  # fmt: skip
+    if given["tls_certificate"] is not None and given["tls_key"] is None:
+        problems.append(Problem(f"{ns}:tls_certificate", "(PEM)", "is set without tls_key",
+                                f"pulumi config set --secret {ns}:tls_key < server.key"))
+    if given["tls_ca"] is not None and given["tls_certificate"] is None:
+        problems.append(Problem(f"{ns}:tls_ca", "(PEM)", "is set without tls_certificate",
+                                "remove it: a generated certificate comes with its own CA"))
+
+
 def _warnings(stack: StackConfig) -> tuple[str, ...]:
+    warnings = []
     if stack.pgbouncer.pool_mode == "session":
-        return ("poolkit:pgbouncer.pool_mode is session: every client holds a server connection "
-                "for its whole session, so a serverless burst is not pooled.",)  # fmt: skip
-    return ()
+        warnings.append("poolkit:pgbouncer.pool_mode is session: every client holds a server "
+                        "connection for its whole session, so a serverless burst is not pooled.")
+    if (stack.tls.names or stack.tls.given) and not stack.uses_tls:
+        warnings.append("poolkit:tls is set but no server uses TLS: set "
+                        "poolkit:pgbouncer.client_tls (or server_tls) to use it.")
+    return tuple(warnings)
 
 
-SECTIONS = {"postgres": POSTGRES_RULES, "pgbouncer": PGBOUNCER_RULES, "database": DATABASE_RULES}
-TOP_LEVEL = (*SECTIONS, "apps", *PASSWORD_ENV)
+SECTIONS = {"postgres": POSTGRES_RULES, "pgbouncer": PGBOUNCER_RULES, "database": DATABASE_RULES,
+            "tls": TLS_RULES}
+TOP_LEVEL = (*SECTIONS, "apps", *PASSWORD_ENV, *TLS_SECRET_KEYS)
 
 
 def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
@@ -439,6 +610,8 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
     if "memory" in sections["postgres"]:
         sections["postgres"]["memory_bytes"] = parse_size(sections["postgres"].pop("memory"))
     passwords = {key: _read_password(key, ours.get(key), problems) for key in PASSWORD_ENV}
+    pems = {key.removeprefix("tls_"): _read_pem(key, ours.get(key), problems)
+            for key in TLS_SECRET_KEYS}
     apps = _read_apps(ours.get("apps"), problems)
     if problems:
         raise ConfigError(problems)
@@ -449,6 +622,7 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
         pgbouncer=PgBouncerSpec(**sections["pgbouncer"]),
         database=DatabaseSpec(**sections["database"], **passwords),
         apps=apps,
+        tls=TlsSpec(**sections["tls"], **pems),
     )
     _cross_checks(config, problems)
     if problems:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from poolkit.config import NAMESPACE, Problem, StackConfig
-from poolkit.render import Layout
+from poolkit import tls
+from poolkit.config import NAMESPACE, WILDCARD_ADDRESSES, Problem, StackConfig
+from poolkit.render import TLS_CA, Layout, server_tls_sslmode
 from poolkit.sizing import Plan
 from poolkit.units import MIB, parse_size
 
@@ -25,20 +26,53 @@ STACK_LABEL = "poolkit.stack"
 POSTGRES_ALIAS = "postgres"
 PGBOUNCER_ALIAS = "pgbouncer"
 """Network aliases of the Postgres and PgBouncer containers on the stack's private network."""
+CA_FILE_NAME = "tls-ca.crt"
+"""The CA certificate clients verify with, written beside the stack's other local files."""
+APP_CA_DIR = "/etc/poolkit"
+"""Where the app containers find that CA (``TLS_CA``, their URLs' ``sslrootcert``)."""
 
 
-def docker_layout(stack: StackConfig) -> Layout:
-    """The images' paths; URLs name the ports published on 127.0.0.1.
+def certificate_names(stack: StackConfig) -> list[str]:
+    """subjectAltNames of a generated server certificate, the same on every target: the stack's
+    names, the addresses it is published on, loopback and the containers' aliases."""
+    published = [stack.pgbouncer.publish_address]
+    if stack.postgres.publish:
+        published.append(stack.postgres.publish_address)
+    addresses = [a for a in published if a not in WILDCARD_ADDRESSES]
+    return tls.server_names(stack.tls.names, *addresses)
+
+
+def client_host(stack: StackConfig, address: str) -> str:
+    """The host clients put in their URLs for a server published on ``address``.
+
+    The first of ``poolkit:tls.names`` (the name the certificate is checked against), else the
+    address itself (validation refuses a wildcard address without names).
+    """
+    return stack.tls.names[0] if stack.tls.names else address
+
+
+def host_ca_file(stack: StackConfig, project_root: Path) -> str:
+    """Where ``poolkit env`` writes a Pulumi stack's CA on this host, unless tls.ca_file says."""
+    default = project_root.resolve() / ".poolkit" / stack.stack / CA_FILE_NAME
+    return stack.tls.ca_file or str(default)
+
+
+def docker_layout(stack: StackConfig, project_root: Path | None = None) -> Layout:
+    """The images' paths; URLs name the published addresses (127.0.0.1 unless the stack says).
 
     When the stack does not publish Postgres, DIRECT_URL names the container on the private
-    network (usable from containers attached to it, not from the host).
+    network (usable from containers attached to it, not from the host). ``project_root`` is
+    where ``poolkit env`` keeps the CA file (default: the working directory, Pulumi's).
     """
     published = stack.postgres.publish
     return Layout(
         name="docker",
+        public_host=client_host(stack, stack.pgbouncer.publish_address),
         public_pgbouncer_port=stack.pgbouncer.port,
-        public_postgres_host="127.0.0.1" if published else "postgres",
+        public_postgres_host=(client_host(stack, stack.postgres.publish_address)
+                              if published else "postgres"),
         public_postgres_port=stack.postgres.port if published else 5432,
+        tls_ca_file=host_ca_file(stack, project_root or Path.cwd()) if stack.tls.has_ca else "",
     )
 
 
@@ -55,31 +89,45 @@ def network_layout(stack: StackConfig) -> Layout:
         public_pgbouncer_port=layout.pgbouncer_port,
         public_postgres_host=POSTGRES_ALIAS,
         public_postgres_port=layout.postgres_port,
+        tls_ca_file=f"{APP_CA_DIR}/{TLS_CA}" if stack.tls.has_ca else "",
+        tls_sslmode=server_tls_sslmode(stack),
     )
+
+
+def _with_loopback(address: str) -> str:
+    """Listen on ``address`` and on 127.0.0.1, where the runner itself connects."""
+    if address in ("127.0.0.1", "0.0.0.0", "::"):
+        return address if address != "::" else "*"
+    return f"127.0.0.1,{address}"
 
 
 def local_layout(stack: StackConfig, state_dir: Path, superuser: str) -> Layout:
     """Everything under ``state_dir``, listening on 127.0.0.1 only."""
     state = state_dir.resolve()
+    postgres_listen = stack.postgres.publish_address if stack.postgres.publish else "127.0.0.1"
+    ca_file = stack.tls.ca_file or str(state / "conf" / CA_FILE_NAME)
     return Layout(
         name="local",
         superuser=superuser,
-        listen_addresses="127.0.0.1",
+        listen_addresses=_with_loopback(postgres_listen),
         client_networks=("127.0.0.1/32",),
         data_directory=str(state / "data"),
         config_dir=str(state / "conf"),
         postgres_port=stack.postgres.port,
         postgres_socket_dir=str(state / "run"),
         postgres_host="127.0.0.1",
-        pgbouncer_listen="127.0.0.1",
+        pgbouncer_listen=_with_loopback(stack.pgbouncer.publish_address),
         pgbouncer_port=stack.pgbouncer.port,
         pgbouncer_dir=str(state / "conf"),
         pgbouncer_socket_dir=str(state / "run"),
         pgbouncer_pidfile=str(state / "run" / "pgbouncer.pid"),
         pgbouncer_logfile=str(state / "log" / "pgbouncer.log"),
-        public_host="127.0.0.1",
+        public_host=client_host(stack, stack.pgbouncer.publish_address),
+        public_postgres_host=(client_host(stack, stack.postgres.publish_address)
+                              if stack.postgres_exposed else "127.0.0.1"),
         public_postgres_port=stack.postgres.port,
         public_pgbouncer_port=stack.pgbouncer.port,
+        tls_ca_file=ca_file,
     )
 
 DOCKER_DEFAULT_SHM_MB = 64
@@ -133,10 +181,5 @@ def docker_problems(stack: StackConfig) -> list[Problem]:
             f"is not what the Docker image installs (PgBouncer {DOCKER_PGBOUNCER_SERIES} from "
             "Debian trixie)",
             f'use "{DOCKER_PGBOUNCER_SERIES}", or leave the key out',
-        ))  # fmt: skip
-    if stack.pgbouncer.client_tls:
-        problems.append(Problem(
-            f"{NAMESPACE}:pgbouncer.client_tls", True, "is not supported by the Docker target yet",
-            "remove it (or set false) for Pulumi stacks; the local target supports it",
         ))  # fmt: skip
     return problems

@@ -35,3 +35,7 @@ class Outputs:
     """Container names: postgres, pgbouncer, and app name -> replica names."""
     NETWORK = "network"
     """Name of the stack's private Docker network (in-network smoke checks join it)."""
+    TLS_CA = "tls_ca"
+    """PEM of the CA the ``.env`` URLs verify with (public), or null without TLS."""
+    TLS_CA_FILE = "tls_ca_file"
+    """Where the ``.env`` URLs expect that CA on this host; ``poolkit env`` writes it there."""

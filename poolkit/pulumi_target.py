@@ -148,6 +148,19 @@ def _write_env(name: str, outputs: Mapping[str, Any], path: Path) -> Path:
         raise PulumiError(f"stack {name} has no {Outputs.ENV_FILE} output yet: "
                           f"run `poolkit up --target pulumi --stack {name}` first")  # fmt: skip
     write_private(path, text)
+    write_ca(outputs)
+    return path
+
+
+def write_ca(outputs: dict[str, Any]) -> Path | None:
+    """Write the stack's CA certificate where its ``.env`` URLs expect it (0644: public)."""
+    pem, where = outputs.get(Outputs.TLS_CA), outputs.get(Outputs.TLS_CA_FILE)
+    if not (isinstance(pem, str) and pem and isinstance(where, str) and where):
+        return None
+    path = Path(where)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(pem, encoding="utf-8")
+    path.chmod(0o644)
     return path
 
 

@@ -47,6 +47,11 @@ class Layout:
     public_postgres_host: str = "127.0.0.1"
     public_postgres_port: int = 5432
     """Host and port of DIRECT_URL."""
+    tls_ca_file: str = ""
+    """Where the URLs' clients read the CA from (``sslrootcert``); empty: system roots."""
+    tls_sslmode: str = "verify-full"
+    """sslmode of the URLs when TLS is on: verify-full, or weaker only on a private network
+    whose names a given certificate does not carry (see ``layouts``)."""
 
 
 class RenderError(ValueError):
@@ -110,29 +115,58 @@ def _render(template: str, **context: Any) -> str:
 
 
 def render_postgresql_conf(stack: StackConfig, plan: Plan, layout: Layout) -> str:
-    return _render("postgresql.conf.j2", stack=stack, layout=layout,
-                   settings=sorted(plan.postgres, key=lambda s: s.name))  # fmt: skip
+    settings = sorted(plan.postgres, key=lambda s: s.name)
+    return _render("postgresql.conf.j2", stack=stack, layout=layout, tls_cert=TLS_CERT,
+                   tls_key=TLS_KEY, settings=settings)  # fmt: skip
+
+
+ANY_ADDRESS = ("0.0.0.0/0", "::/0")
+"""pg_hba addresses of the published, TLS-only migration path."""
 
 
 def render_pg_hba(stack: StackConfig, layout: Layout) -> str:
+    """SCRAM records for our roles; TLS-only (``hostssl``) where the traffic may leave the host.
+
+    With ``server_tls`` PgBouncer's role (the app role) must arrive over TLS. With Postgres
+    published beyond loopback every line is TLS-only (validation then requires ``server_tls``)
+    and only the migrator may connect from beyond the private network.
+    """
     db = stack.database
+    ssl_only = {db.app_user: stack.pgbouncer.server_tls or stack.postgres_exposed,
+                db.migrator_user: stack.postgres_exposed}
     records = [
-        {"type": "host", "database": db.name, "user": role, "address": network}
+        {"type": "hostssl" if ssl_only[role] else "host", "database": db.name, "user": role,
+         "address": network}
         for role in (db.migrator_user, db.app_user)
         for network in layout.client_networks
-    ]
+    ]  # fmt: skip
+    if stack.postgres_exposed:
+        records += [{"type": "hostssl", "database": db.name, "user": db.migrator_user,
+                     "address": address} for address in ANY_ADDRESS]  # fmt: skip
     return _render("pg_hba.conf.j2", stack=stack, layout=layout, records=records)
 
 
 TLS_KEY = "client-tls.key"
 TLS_CERT = "client-tls.crt"
-"""File names of PgBouncer's client TLS key and certificate, beside pgbouncer.ini."""
+"""File names of the servers' TLS key and certificate (chain), beside their configs."""
+TLS_CA = "tls-ca.crt"
+"""File name of the CA certificate PgBouncer verifies Postgres with (``server_tls``)."""
+
+
+def server_tls_sslmode(stack: StackConfig) -> str:
+    """How PgBouncer checks Postgres: a generated certificate carries the name ``postgres``
+    (verify-full); a given one is checked against its CA (verify-ca) or, from a public CA
+    without one, only encrypts (require) on the private network."""
+    if not stack.tls.given:
+        return "verify-full"
+    return "verify-ca" if stack.tls.has_ca else "require"
 
 
 def render_pgbouncer_ini(stack: StackConfig, plan: Plan, layout: Layout) -> str:
     settings = sorted(plan.pgbouncer, key=lambda s: s.name)
     return _render("pgbouncer.ini.j2", stack=stack, layout=layout, settings=settings,
-                   tls_key=TLS_KEY, tls_cert=TLS_CERT)  # fmt: skip
+                   tls_key=TLS_KEY, tls_cert=TLS_CERT, tls_ca=TLS_CA,
+                   server_sslmode=server_tls_sslmode(stack))  # fmt: skip
 
 
 def render_userlist(secrets: Secrets) -> str:
@@ -150,6 +184,26 @@ def _url(credential: Credential, host: str, port: int, dbname: str, **params: An
     return postgres_url(credential.user, credential.password, host, port, dbname, params)
 
 
+def client_tls_params(layout: Layout, prisma: bool = False) -> dict[str, str]:
+    """URL parameters that make a client verify the server.
+
+    libpq (and psycopg, node-postgres): ``sslmode=verify-full`` with ``sslrootcert`` (the CA
+    file, or ``system`` for a public CA). Prisma's engine (Prisma <= 6) knows only
+    ``sslmode=require`` and verifies with ``sslcert`` (the CA file) and ``sslaccept=strict``.
+    """
+    if prisma:
+        params = {"sslmode": "require"}
+        if layout.tls_ca_file:
+            params["sslcert"] = layout.tls_ca_file
+        params["sslaccept"] = "accept_invalid_certs" if layout.tls_sslmode == "require" \
+            else "strict"  # fmt: skip
+        return params
+    params = {"sslmode": layout.tls_sslmode}
+    if layout.tls_sslmode != "require":
+        params["sslrootcert"] = layout.tls_ca_file or "system"
+    return params
+
+
 def render_env(
     stack: StackConfig, plan: Plan, secrets: Secrets, layout: Layout, app: AppPlan | None = None
 ) -> str:
@@ -158,19 +212,22 @@ def render_env(
     connection_limit = app.connection_limit if app else min(limits)
     pool_timeout = plan.pool.pool_timeout
     host, port, db = layout.public_host, layout.public_pgbouncer_port, stack.database.name
-    tls = {"sslmode": "require"} if stack.pgbouncer.client_tls else {}
+    client_tls = stack.pgbouncer.client_tls
+    tls = client_tls_params(layout) if client_tls else {}
+    prisma_tls = client_tls_params(layout, prisma=True) if client_tls else {}
+    direct_tls = client_tls_params(layout) if stack.postgres_exposed else {}
     pooled = _url(secrets.app, host, port, db, **tls)
     engine = prisma_engine_params(connection_limit, pool_timeout, plan.prepared_statements)
     urls = {
         "DATABASE_URL": pooled,
         "POOLED_DATABASE_URL": pooled,
-        "PRISMA_ENGINE_DATABASE_URL": _url(secrets.app, host, port, db, **engine, **tls),
+        "PRISMA_ENGINE_DATABASE_URL": _url(secrets.app, host, port, db, **engine, **prisma_tls),
         "DIRECT_URL": _url(secrets.migrator, layout.public_postgres_host,
-                           layout.public_postgres_port, db),
+                           layout.public_postgres_port, db, **direct_tls),
         "PGBOUNCER_STATS_URL": _url(secrets.pgbouncer_stats, host, port, "pgbouncer", **tls),
     }  # fmt: skip
     return _render(
-        "env.j2", stack=stack, plan=plan, app=app, urls=urls,
+        "env.j2", stack=stack, plan=plan, app=app, urls=urls, tls_ca_file=layout.tls_ca_file,
         connection_limit=connection_limit,
         prepared="on" if plan.prepared_statements else "off",
         pooled_private=not _on_this_host(host),

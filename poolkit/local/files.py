@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import configparser
 import re
-import subprocess
 from pathlib import Path
 
 from poolkit import tls
+from poolkit.config import Encrypted, StackConfig
 from poolkit.envfile import write_private
+from poolkit.layouts import CA_FILE_NAME, certificate_names
 from poolkit.local.errors import LocalError
 from poolkit.local.machine import ServiceUser, own
 from poolkit.render import TLS_CERT, TLS_KEY
+
+CA_KEY_NAME = "tls-ca.key"
+GENERATION_NAME = "tls-generation"
 
 
 def conf_settings(text: str) -> dict[str, str]:
@@ -59,18 +63,62 @@ def write_conf(conf: Path, files: dict[str, str], user: ServiceUser) -> dict[str
     return changed
 
 
-def ensure_tls(conf: Path, user: ServiceUser) -> None:
-    """A self-signed key and certificate for PgBouncer's client TLS, made once and kept."""
-    key, cert = conf / TLS_KEY, conf / TLS_CERT
-    if key.exists() and cert.exists():
-        return
-    try:
-        key_pem, cert_pem = tls.self_signed("localhost")
-    except (OSError, subprocess.CalledProcessError) as error:
-        raise LocalError(f"making a self-signed TLS certificate failed: {error}") from None
-    for path, text in ((key, key_pem), (cert, cert_pem)):
-        write_private(path, text)
-        own(path, user)
+def ensure_tls(conf: Path, user: ServiceUser, stack: StackConfig) -> bool:
+    """The servers' key and certificate and the clients' CA in ``conf``; True when re-issued.
+
+    Generated: the CA is made once and kept (``tls-ca.crt``/``.key``); the server certificate
+    is issued again when it expires within 30 days, lacks a name the stack now lists, or
+    ``poolkit:tls.generation`` moved: clients holding the CA keep verifying after reconnect.
+    Given (stack values ``tls_certificate``/``tls_key``/``tls_ca``): checked, then written.
+    """
+    if stack.tls.given:
+        return _write_given(conf, user, stack)
+    names = certificate_names(stack)
+    ca_cert, ca_key = conf / CA_FILE_NAME, conf / CA_KEY_NAME
+    cert, key, generation = conf / TLS_CERT, conf / TLS_KEY, conf / GENERATION_NAME
+    if not (ca_cert.exists() and ca_key.exists()):
+        ca = tls.new_ca(f"poolkit {stack.stack} CA")
+        _write(ca_key, ca.key, user)
+        _write(ca_cert, ca.cert, user, private=False)
+        cert.unlink(missing_ok=True)
+    ca = tls.KeyPair(cert=ca_cert.read_text(), key=ca_key.read_text())
+    wanted = str(stack.tls.generation)
+    current = generation.read_text().strip() if generation.exists() else None
+    fresh = not (cert.exists() and key.exists())
+    if not fresh and current == wanted and not tls.needs_renewal(cert.read_text(), names):
+        return False
+    server = tls.issue_server(ca, names)
+    _write(key, server.key, user)
+    _write(cert, server.cert, user, private=False)
+    _write(generation, wanted, user, private=False)
+    return not fresh
+
+
+def _write_given(conf: Path, user: ServiceUser, stack: StackConfig) -> bool:
+    given = {"tls_certificate": stack.tls.certificate, "tls_key": stack.tls.key,
+             "tls_ca": stack.tls.ca}  # fmt: skip
+    if any(isinstance(v, Encrypted) for v in given.values()):
+        raise LocalError("poolkit:tls_certificate/tls_key/tls_ca are encrypted by Pulumi, which "
+                         "only `pulumi up` can decrypt: for the local target put the PEM text "
+                         "in the stack file, or remove them to generate a certificate")
+    cert_pem, key_pem, ca_pem = (str(v) if v else None for v in given.values())
+    problems = tls.check_given(cert_pem or "", key_pem or "", ca_pem, stack.tls.names)
+    if problems:
+        raise LocalError("the given TLS certificate is unusable:\n  - " + "\n  - ".join(problems))
+    before = (conf / TLS_CERT).read_text() if (conf / TLS_CERT).exists() else None
+    _write(conf / TLS_KEY, key_pem or "", user)
+    _write(conf / TLS_CERT, cert_pem or "", user, private=False)
+    if ca_pem:
+        _write(conf / CA_FILE_NAME, ca_pem, user, private=False)
+    return before is not None and before != cert_pem
+
+
+def _write(path: Path, text: str, user: ServiceUser, private: bool = True) -> None:
+    """Keys 0600; certificates are public (0644) so clients on this host can read the CA."""
+    write_private(path, text)
+    if not private:
+        path.chmod(0o644)
+    own(path, user)
 
 
 def write_env_files(files: dict[str, str], env_file: Path) -> list[Path]:

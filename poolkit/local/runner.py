@@ -147,8 +147,7 @@ class Runner:
             paths.mkdirs(user)
             stack_secrets.save(paths.secrets, credentials)
             changed = files.write_conf(paths.conf, rendered, user)
-            if stack.pgbouncer.client_tls:
-                files.ensure_tls(paths.conf, user)
+            rotated = stack.uses_tls and files.ensure_tls(paths.conf, user, stack)
             recorded = self._state(stack, tools, user, replicas, project_root, old)
             paths.save_state(recorded)
             Postgres(host).converge(stack, tools.pg_version, project_root, credentials.superuser,
@@ -157,6 +156,8 @@ class Runner:
             PgBouncer(host, str(tools.pgbouncer)).converge(
                 stack, tools.pgbouncer_version, credentials, changed, now.pgbouncer, old, journal
             )
+            if rotated:
+                self._reload_certificates(host, stack, credentials, journal)
             old_apps = old.app_records() if old else {}
             apps.converge(host, project_root, replicas, now.apps, old_apps, changed, journal)
         except BaseException:
@@ -169,6 +170,17 @@ class Runner:
             result.actions.append("nothing to change: every process was already running")
         result.seconds = time.monotonic() - t0
         return result
+
+    def _reload_certificates(
+        self, host: Host, stack: StackConfig, credentials: stack_secrets.Secrets,
+        journal: Journal,
+    ) -> None:
+        """A re-issued certificate: Postgres and PgBouncer read it on reload; clients stay
+        connected and new connections get it (same CA, so they keep verifying)."""
+        with self.progress.step("reloading Postgres and PgBouncer (new TLS certificate)"):
+            Postgres(host).reload()
+            PgBouncer(host, "").reload(credentials, stack.pgbouncer.port)
+        journal.actions.append("re-issued the TLS server certificate (same CA) and reloaded")
 
     def _pause_for_restart(
         self, now: Running, old: StackState | None, credentials: stack_secrets.Secrets

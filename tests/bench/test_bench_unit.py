@@ -158,3 +158,16 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert plot_results(results, target) == str(target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert target.stat().st_size > 20_000
+
+
+def test_tls_bench_plain_arm_drops_only_the_tls_parameters() -> None:
+    from poolkit.bench import tls as bench_tls
+
+    url = "postgresql://app:pw@127.0.0.2:6432/app?sslmode=verify-full&sslrootcert=%2Fca.crt"
+    assert bench_tls.plain_url(url) == "postgresql://app:pw@127.0.0.2:6432/app?sslmode=disable"
+    figures = {"median_ms": 2.0, "p95_ms": 3.0, "client_cpu_ms": 1.0, "connects_per_s": 400.0}
+    results = {"arms": {"plain": figures, "tls": {**figures, "median_ms": 3.0}},
+               "tls_over_plain_median": 1.5, "tls_added_ms_median": 1.0,
+               "tls_over_plain_client_cpu": 1.0}  # fmt: skip
+    assert bench_tls.report(results)[-1] == (
+        "tls / plain: 1.5x per connect (+1.0 ms), client CPU 1.0x")

@@ -26,6 +26,10 @@ as floats, secrets wrapped; all three are handled here):
   from ``tests/pulumi/random_values.py`` with ``secrets.SystemRandom``, as the provider makes
   them locally. The password's id is ``none``, as the provider's.
 - Component resources (``custom=False``) get an empty state.
+- Pulumi dynamic resources (``pulumi-python:dynamic…``, poolkit's generated certificates):
+  their own pickled provider's ``create`` runs, as the engine's dynamic-provider host does
+  (``tests/dynamic_resources.py``); on a later run its ``diff`` against the stored outputs
+  keeps the resource or replaces it.
 
 A second run of the program on the same instance (a changed stack: ``install`` it, run the
 program, ``finish_run``) does what ``pulumi up`` does with the provider:
@@ -90,6 +94,7 @@ from docker.utils.build import exclude_paths
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
+from tests import dynamic_resources
 from tests.pulumi.random_values import random_id, random_password
 
 RUN_LABEL = "poolkit.test-run"
@@ -343,6 +348,8 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
         if not args.custom:
             return "", {}
+        if dynamic_resources.is_dynamic(args.typ) and not args.resource_id:
+            return self._dynamic(args)
         if args.typ not in _ACCEPTED or args.resource_id:
             raise NotImplementedError(f"not emulated: {args.typ} {args.name!r}")
         with self._idle:
@@ -386,6 +393,20 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         replaced = self._record("replace", args, inputs, digest)  # create first, then delete
         self._delete(old)
         return replaced
+
+    def _dynamic(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        """A dynamic resource: kept while its provider's diff finds nothing, else created anew
+        (a replacement: nothing to delete on the engine)."""
+        key = (args.typ, args.name)
+        self.seen.add(key)
+        old = self.state.get(key)
+        if old is not None and not dynamic_resources.changed(old.id, args.inputs, old.outputs):
+            self.actions.append(("same", args.name))
+            return old.id, old.outputs
+        resource_id, outputs = dynamic_resources.create(args.inputs)
+        self.state[key] = Applied(args.typ, args.name, resource_id, {}, outputs, False)
+        self.actions.append(("create" if old is None else "replace", args.name))
+        return resource_id, outputs
 
     def _record(self, action: str, args: pulumi.runtime.MockResourceArgs,
                 inputs: dict[str, Any], digest: str) -> tuple[str, dict]:

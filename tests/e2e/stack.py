@@ -27,6 +27,7 @@ import yaml
 
 from poolkit.envfile import read_env, write_private
 from poolkit.outputs import Outputs
+from poolkit.pulumi_target import write_ca
 from tests.conftest import free_ports
 from tests.pulumi.harness import PROJECT, as_pulumi_config, reset_runtime
 from tests.pulumi.harness import run_program as run_main
@@ -48,6 +49,28 @@ def stack_config(postgres_port: int, pgbouncer_port: int, lambda_port: int,
              "port": lambda_port},
             {"name": WORKERS_APP, "style": "workers", "instances": 4, "replicas": 1,
              "port": workers_port},
+        ],
+    }  # fmt: skip
+
+
+TLS_ADDRESS = "127.0.0.2"
+"""Where the TLS stack publishes PgBouncer and Postgres: a loopback address poolkit treats as
+"beyond 127.0.0.1" (TLS required), never 0.0.0.0 or an external interface."""
+
+
+def tls_stack_config(base: Path, postgres_port: int, pgbouncer_port: int,
+                     lambda_port: int) -> dict[str, Any]:
+    """PgBouncer and Postgres published on ``TLS_ADDRESS`` with client and server TLS and a
+    generated CA (written to ``base``); one Lambda-style app verifying with the CA inside."""
+    return {
+        "poolkit:postgres": {"memory": "512MiB", "cpus": 1, "port": postgres_port,
+                             "publish": True, "publish_address": TLS_ADDRESS},
+        "poolkit:pgbouncer": {"port": pgbouncer_port, "client_tls": True, "server_tls": True,
+                              "publish_address": TLS_ADDRESS},
+        "poolkit:tls": {"ca_file": str(base / "tls-ca.crt")},
+        "poolkit:apps": [
+            {"name": LAMBDA_APP, "style": "lambda", "instances": 4, "replicas": 1,
+             "port": lambda_port},
         ],
     }  # fmt: skip
 
@@ -111,14 +134,16 @@ class E2EStack:
         return self.leftovers()
 
 
-def new_stack(client: docker.DockerClient) -> E2EStack:
-    """A stack named ``e2e<random>`` on free ports, its file written, nothing created yet."""
+def new_stack(client: docker.DockerClient, tls: bool = False) -> E2EStack:
+    """A stack named ``e2e<random>`` on free ports, its file written, nothing created yet;
+    ``tls``: the ``tls_stack_config`` one."""
     token = secrets.token_hex(4)
     taken: set[int] = set()
     ports = [free_ports(1, taken) for _ in range(4)]
     base = Path(tempfile.mkdtemp(prefix="poolkit-e2e-"))
+    config = tls_stack_config(base, *ports[:3]) if tls else stack_config(*ports)
     stack = E2EStack(name=f"e2e{token}", run_id=f"e2e-{token}", client=client, base=base,
-                     config=stack_config(*ports))  # fmt: skip
+                     config=config)  # fmt: skip
     stack.stack_file.write_text(yaml.safe_dump({"config": stack.config}, sort_keys=False))
     return stack
 
@@ -160,6 +185,7 @@ def bring_up(stack: E2EStack, build_cache: bool = True) -> None:
                          **mocks.timings}  # fmt: skip
         stack.passwords = dict(mocks.passwords)
     write_private(stack.env_file, stack.outputs[Outputs.ENV_FILE])
+    write_ca(stack.outputs)  # where the .env URLs' sslrootcert expects it (TLS stacks only)
 
 
 def update(stack: E2EStack, config: dict[str, Any], secret_keys: tuple[str, ...] = (),
@@ -170,6 +196,7 @@ def update(stack: E2EStack, config: dict[str, Any], secret_keys: tuple[str, ...]
     started = time.monotonic()
     stack.outputs = run_program(stack, stack.mocks, project)
     write_private(stack.env_file, stack.outputs[Outputs.ENV_FILE])
+    write_ca(stack.outputs)
     return round(time.monotonic() - started, 2)
 
 

@@ -472,15 +472,6 @@ def test_an_invalid_stack_fails_before_any_resource(case: str) -> None:
     assert deploy.last_monitor.registered == [], "resources were registered before the failure"
 
 
-def test_client_tls_is_refused_before_any_resource() -> None:
-    """Valid for the local target, but the Docker target has no certificate to give PgBouncer."""
-    config = {"poolkit:pgbouncer": {"client_tls": True}}
-    plan(parse_stack(config, "tls"))  # valid for the core
-    with pytest.raises(pulumi.RunError, match=r"poolkit:pgbouncer.client_tls: is not supported"):
-        deploy("tls", config)
-    assert deploy.last_monitor.registered == [], "resources were registered before the failure"
-
-
 @pytest.mark.parametrize(("key", "value"), [("postgres", {"version": 16}),
                                             ("pgbouncer", {"version": "1.23"})])
 def test_a_version_the_images_cannot_build_is_refused_before_any_resource(
@@ -496,11 +487,11 @@ def test_a_version_the_images_cannot_build_is_refused_before_any_resource(
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    config = {"poolkit:postgres": {"version": 15}, "poolkit:pgbouncer": {"client_tls": True}}
+    config = {"poolkit:postgres": {"version": 15}, "poolkit:pgbouncer": {"version": "1.23"}}
     with pytest.raises(pulumi.RunError) as failure:
         deploy("two", config)
     assert "postgres.version" in str(failure.value)
-    assert "pgbouncer.client_tls" in str(failure.value)
+    assert "pgbouncer.version" in str(failure.value)
 
 
 def test_versions_output_is_what_the_images_install(dev: Deployment) -> None:

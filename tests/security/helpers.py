@@ -1,14 +1,18 @@
-"""What the security tests need to know about a local stack: its secrets and a superuser."""
+"""What the security tests need to know about a stack: its secrets, a superuser, its TLS."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import psutil
 import psycopg
+from cryptography import x509
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import LocalStack
@@ -53,3 +57,14 @@ def command_lines() -> str:
     lines = [" ".join(process.info["cmdline"] or [])
              for process in psutil.process_iter(["cmdline"])]  # fmt: skip
     return "\n".join(lines) + f"\n(pid {os.getpid()} included)"
+
+
+def presented_serial(host: str, port: int, ca_file: Path) -> int:
+    """The serial of the certificate PgBouncer presents now (Postgres' SSLRequest, then TLS)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with socket.create_connection((host, port), timeout=5) as raw:
+        raw.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+        assert raw.recv(1) == b"S"
+        with context.wrap_socket(raw, server_hostname=host) as wrapped:
+            der = wrapped.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der or b"").serial_number

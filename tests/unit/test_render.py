@@ -201,9 +201,10 @@ def test_client_tls_requires_tls_in_ini_and_urls() -> None:
     assert ini["client_tls_sslmode"] == "require"
     assert ini["client_tls_key_file"] == "/etc/pgbouncer/client-tls.key"
     env = parse_env(files[".env"])
-    assert env["DATABASE_URL"].endswith("/app?sslmode=require")
+    assert "/app?sslmode=verify-full&sslrootcert=" in env["POOLED_DATABASE_URL"]
     assert env["POOLED_DATABASE_URL"] == env["DATABASE_URL"]
-    assert env["PRISMA_ENGINE_DATABASE_URL"].endswith("&sslmode=require")
+    assert "&sslmode=require&sslcert=" in env["PRISMA_ENGINE_DATABASE_URL"]
+    assert env["PRISMA_ENGINE_DATABASE_URL"].endswith("&sslaccept=strict")
     assert "sslmode" not in env["DIRECT_URL"]
 
 
