@@ -72,6 +72,7 @@ def docker_layout(stack: StackConfig, project_root: Path | None = None) -> Layou
         public_postgres_host=(client_host(stack, stack.postgres.publish_address)
                               if published else "postgres"),
         public_postgres_port=stack.postgres.port if published else 5432,
+        direct_on_network=not published,
         tls_ca_file=host_ca_file(stack, project_root or Path.cwd()) if stack.tls.has_ca else "",
     )
 
@@ -89,6 +90,8 @@ def network_layout(stack: StackConfig) -> Layout:
         public_pgbouncer_port=layout.pgbouncer_port,
         public_postgres_host=POSTGRES_ALIAS,
         public_postgres_port=layout.postgres_port,
+        urls_on_network=True,
+        direct_on_network=True,
         tls_ca_file=f"{APP_CA_DIR}/{TLS_CA}" if stack.tls.has_ca else "",
         tls_sslmode=server_tls_sslmode(stack),
     )

@@ -6,7 +6,6 @@ Postgres, which host and ports the URLs name); sizes come from the plan, never f
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,10 @@ class Layout:
     public_postgres_host: str = "127.0.0.1"
     public_postgres_port: int = 5432
     """Host and port of DIRECT_URL."""
+    urls_on_network: bool = False
+    """Every URL names a container on the stack's private network (a container's .env)."""
+    direct_on_network: bool = False
+    """DIRECT_URL names Postgres on the private network: it is not published to the host."""
     tls_ca_file: str = ""
     """Where the URLs' clients read the CA from (``sslrootcert``); empty: system roots."""
     tls_sslmode: str = "verify-full"
@@ -230,17 +233,9 @@ def render_env(
         "env.j2", stack=stack, plan=plan, app=app, urls=urls, tls_ca_file=layout.tls_ca_file,
         connection_limit=connection_limit,
         prepared="on" if plan.prepared_statements else "off",
-        pooled_private=not _on_this_host(host),
-        direct_private=not _on_this_host(layout.public_postgres_host),
+        pooled_private=layout.urls_on_network,
+        direct_private=layout.direct_on_network,
     )  # fmt: skip
-
-
-def _on_this_host(host: str) -> bool:
-    """Whether a URL's host is a loopback address (reachable from the machine itself)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def env_file_names(stack: StackConfig, plan: Plan) -> dict[str, AppPlan | None]:

@@ -159,6 +159,17 @@ def test_env_says_where_its_urls_work(publish: bool, network: bool, notes: set[s
         assert above.startswith("# runs its smoke checks that way"), above
 
 
+def test_env_of_a_stack_published_on_a_host_address_has_no_network_note() -> None:
+    """URLs naming a host address or a TLS name are for this host too: no note."""
+    config = stack(postgres={"port": 15432, "publish": True, "publish_address": "10.0.0.5"},
+                   pgbouncer={"publish_address": "10.0.0.5", "client_tls": True,
+                              "server_tls": True},
+                   tls={"names": ["db.example.com"]})  # fmt: skip
+    text = render_env(config, plan(config), secrets(), docker_layout(config))
+    assert "db.example.com" in parse_env(text)["DATABASE_URL"]
+    assert PRIVATE_DIRECT not in text and FOR_CONTAINERS not in text
+
+
 def test_per_app_env_files_when_connection_limits_differ() -> None:
     files = _files(apps=APPS)
     assert {".env", ".env.orders", ".env.batch"} <= set(files)
