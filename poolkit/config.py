@@ -171,6 +171,8 @@ class AppSpec:
     """Containers or processes the sample deployment runs (a sample, not the fleet)."""
     port: int = 8080
     """First host port; replica i listens on port + i."""
+    runtime: str = "python"
+    """python (apps/, psycopg) | node (apps/ts/, Prisma 7 + TypeScript)."""
 
 
 @dataclass(frozen=True)
@@ -341,6 +343,9 @@ DATABASE_RULES: dict[str, Rule] = {
     "migrator_user": Rule(str, "use a lower-case identifier such as migrator", _identifier),
 }
 
+APP_RUNTIMES = ("python", "node")
+"""Sample-app implementations: apps/ (psycopg) and apps/ts/ (Prisma 7 + TypeScript)."""
+
 APP_RULES: dict[str, Rule] = {
     "name": Rule(str, "use lower-case letters, digits and -, starting with a letter",
                  _matches(APP_NAME, "a short lower-case name (letters, digits, -)")),
@@ -351,6 +356,7 @@ APP_RULES: dict[str, Rule] = {
                              optional=True),
     "replicas": Rule(int, "use 1 to 20 sample containers", _between(1, 20)),
     "port": PORT,
+    "runtime": Rule(str, "use python or node", _one_of(*APP_RUNTIMES)),
 }  # fmt: skip
 APP_REQUIRED = ("name", "style")
 

@@ -185,4 +185,10 @@ def docker_problems(stack: StackConfig) -> list[Problem]:
             "Debian trixie)",
             f'use "{DOCKER_PGBOUNCER_SERIES}", or leave the key out',
         ))  # fmt: skip
+    problems += [
+        Problem(f"{NAMESPACE}:apps[{index}].runtime", app.runtime,
+                "is not supported by the Docker target yet (its app image holds the Python apps)",
+                "use runtime: python for Pulumi stacks; the local target runs node apps")
+        for index, app in enumerate(stack.apps) if app.runtime != "python"
+    ]  # fmt: skip
     return problems

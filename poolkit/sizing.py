@@ -64,6 +64,7 @@ class AppPlan:
     pool_timeout: int
     replicas: int
     port: int
+    runtime: str = "python"
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, t
             pool_timeout=pool_timeout,
             replicas=app.replicas,
             port=app.port,
+            runtime=app.runtime,
         )
         for app in stack.apps
     )

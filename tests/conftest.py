@@ -138,10 +138,15 @@ def start_local_stack(
     name: str,
     *,
     with_apps: bool = True,
+    extra_apps: list[dict[str, Any]] | None = None,
     env: dict[str, str] | None = None,
     **sections: dict[str, Any],
 ) -> LocalStack:
-    """Write a stack file on free ports and ``poolkit up --no-smoke`` it (``env`` added)."""
+    """Write a stack file on free ports and ``poolkit up --no-smoke`` it (``env`` added).
+
+    ``extra_apps`` (stack-file app entries without ``port``) get free ports after the sample
+    apps; their ports end ``app_ports``.
+    """
     base = make_base_dir(prefix)
     taken: set[int] = set()
     postgres_port, pgbouncer_port = free_ports(1, taken), free_ports(1, taken)
@@ -156,6 +161,10 @@ def start_local_stack(
              "port": workers_port},
         ]  # fmt: skip
         app_ports = (lambda_port, lambda_port + 1, workers_port)
+    for app in extra_apps or []:
+        first = free_ports(app.get("replicas", 1), taken)
+        apps.append({**app, "port": first})
+        app_ports += tuple(range(first, first + app.get("replicas", 1)))
     stack_file = base / f"Pulumi.{name}.yaml"
     write_stack_file(stack_file, postgres_port=postgres_port, pgbouncer_port=pgbouncer_port,
                      apps=apps, **sections)  # fmt: skip

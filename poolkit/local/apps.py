@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poolkit import node_apps
 from poolkit.local.host import Host
 from poolkit.local.machine import PACKAGE_ROOT, python_path, service_python
 from poolkit.local.processes import terminate
@@ -25,6 +26,8 @@ class Replica:
     port: int
     env_name: str
     """Which rendered .env it reads: ``.env`` or ``.env.<app>``."""
+    runtime: str = "python"
+    """python: ``apps.http_adapter``; node: ``apps/ts`` (Prisma 7 + TypeScript)."""
 
     @property
     def key(self) -> str:
@@ -40,7 +43,7 @@ def replicas(the_plan: Plan, files: dict[str, str]) -> list[Replica]:
     found = []
     for app in the_plan.apps:
         env_name = f".env.{app.name}" if f".env.{app.name}" in files else ".env"
-        found += [Replica(app.name, app.style, i, app.port + i, env_name)
+        found += [Replica(app.name, app.style, i, app.port + i, env_name, app.runtime)
                   for i in range(app.replicas)]  # fmt: skip
     return found
 
@@ -83,8 +86,14 @@ def converge(
 def _start(
     host: Host, project_root: Path, replica: Replica, env: dict[str, str], journal: Journal
 ) -> None:
-    command = [service_python(host.user)[0], "-m", "apps.http_adapter", "--style", replica.style,
-               "--host", "127.0.0.1", "--port", str(replica.port), "--migrate"]  # fmt: skip
+    if replica.runtime == "node":
+        node = node_apps.find_node()
+        assert node is not None, "the runner keeps node replicas only where Node.js is found"
+        program = node_apps.server_command(node, project_root)
+    else:
+        program = [service_python(host.user)[0], "-m", "apps.http_adapter"]
+    command = [*program, "--style", replica.style, "--host", "127.0.0.1",
+               "--port", str(replica.port), "--migrate"]  # fmt: skip
     pid = host.spawn_supervised(
         replica.key,
         command,
@@ -96,4 +105,5 @@ def _start(
     journal.undo.append(lambda: terminate(pid, SUPERVISOR))
     host.wait_listening(f"app {replica.app}", pid, replica.port,
                         [host.paths.log / f"{replica.key}.out.log"])  # fmt: skip
-    journal.actions.append(f"started app {replica.app} ({replica.style}) on port {replica.port}")
+    journal.actions.append(f"started app {replica.app} ({replica.style}, {replica.runtime}) "
+                           f"on port {replica.port}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poolkit import console
+from poolkit import console, node_apps
 from poolkit import secrets as stack_secrets
 from poolkit.config import StackConfig
 from poolkit.layouts import local_layout
@@ -130,6 +130,12 @@ class Runner:
         )
         self._check_data_version(stack, tools)
         replicas = apps.replicas(the_plan, rendered)
+        node_missing = node_apps.unavailable_reason(project_root) if any(
+            r.runtime == "node" for r in replicas) else None  # fmt: skip
+        if node_missing:
+            skipped = sorted({r.app for r in replicas if r.runtime == "node"})
+            progress.warn(f"TypeScript app(s) {', '.join(skipped)} not started: {node_missing}")
+            replicas = [r for r in replicas if r.runtime != "node"]
         if replicas:
             check_reachable(project_root, user, "the project")
 

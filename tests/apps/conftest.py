@@ -8,6 +8,8 @@
   its PgBouncer or drop its table.
 
 An adapter gets the stack's ``.env`` as its environment, as the runner's supervisor gives it.
+Each test runs both implementations (``runtime``): ``python`` (``apps/``, psycopg) and ``node``
+(``apps/ts``, Prisma 7 + TypeScript, built once per session by ``poolkit.node_apps``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +36,11 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from apps import db
+from poolkit import node_apps
 from poolkit import secrets as stack_secrets
+from poolkit.supervisor import STARTUP_GRACE_S
+from poolkit.urls import postgres_url
+from tests.apps import figures
 from tests.conftest import (
     REPO_ROOT,
     LocalStack,
@@ -51,6 +58,27 @@ OFFLINE_ENV = {
     "PGBOUNCER_PREPARED_STATEMENTS": "off",
 }
 """Valid settings naming a port where nothing listens: for tests that need no server."""
+PGBOUNCER_SEEN: dict[int, float] = {}
+"""When each stack's PgBouncer (by port) was last seen started: ``time.monotonic()``."""
+RUNTIMES = ("python", "node")
+URL_VARIABLE = {"python": "POOLED_DATABASE_URL", "node": "DATABASE_URL"}
+"""Which .env variable each implementation sends its requests through (the same URL)."""
+
+
+def offline_env(runtime: str) -> dict[str, str]:
+    """``OFFLINE_ENV`` under the URL variable ``runtime`` reads."""
+    url = OFFLINE_ENV["POOLED_DATABASE_URL"]
+    return {**OFFLINE_ENV, URL_VARIABLE[runtime]: url}
+
+
+@pytest.fixture(scope="session")
+def ts_apps() -> None:
+    """``apps/ts`` built (npm ci from the lock file, prisma generate offline, tsc) or a failure."""
+    problem = node_apps.node_problem(node_apps.find_node())
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    if node_apps.build(REPO_ROOT) != 0:
+        pytest.fail("building apps/ts failed (output above)", pytrace=False)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -60,6 +88,19 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not within {timeout:g} s")
         time.sleep(0.02)
+
+
+def request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One HTTP request to 127.0.0.1:port (no proxies); returns status and decoded JSON body."""
+    payload = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        conn.request(method, path, body=payload, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
 
 
 def listening(port: int) -> bool:
@@ -79,6 +120,8 @@ class AppStack:
 
     @classmethod
     def of(cls, local: LocalStack) -> AppStack:
+        """Call it right after ``local`` came up (``PGBOUNCER_SEEN``)."""
+        PGBOUNCER_SEEN[local.pgbouncer_port] = time.monotonic()
         return cls(local, local.env())
 
     @property
@@ -88,6 +131,43 @@ class AppStack:
     @property
     def direct_url(self) -> str:
         return self.env["DIRECT_URL"]
+
+    @property
+    def app_direct_url(self) -> str:
+        """The app role straight to Postgres, bypassing PgBouncer (for comparison runs only)."""
+        parts = conninfo_to_dict(self.pooled_url)
+        return postgres_url(str(parts["user"]), str(parts["password"]), str(parts["host"]),
+                            self.local.postgres_port, str(parts["dbname"]))  # fmt: skip
+
+    @contextlib.contextmanager
+    def peak_app_backends(self) -> Iterator[list[int]]:
+        """Sample the app role's Postgres backends every 10 ms during the block; the list's one
+        value is the peak seen (through PgBouncer or not)."""
+        peak = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            with psycopg.connect(self.direct_url, autocommit=True) as conn:
+                while not done.is_set():
+                    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+                                       " AND backend_type = 'client backend'",
+                                       (self.app_user,)).fetchone()  # fmt: skip
+                    peak[0] = max(peak[0], int(row[0]) if row else 0)
+                    done.wait(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield peak
+        finally:
+            done.set()
+            sampler.join(10)
+
+    @property
+    def max_db_connections(self) -> int:
+        """PgBouncer's running ``max_db_connections``: the most backends it ever opens."""
+        config = {row["key"]: row["value"] for row in self.console("SHOW CONFIG")}
+        return int(config["max_db_connections"])
 
     @property
     def app_user(self) -> str:
@@ -137,12 +217,15 @@ class AppStack:
         The supervisor is held with SIGSTOP while PgBouncer gets SIGKILL (clients see their
         connections drop, on every PgBouncer version), so the outage is certain to
         last the block instead of the supervisor's ~0.2 s; SIGCONT lets it restart PgBouncer.
-        Uses in quick succession may count towards the supervisor's crash-loop limit (5 in 10 s).
+        A PgBouncer younger than the supervisor's startup grace is left to age first: its death
+        would count as a crash, and five in a row make the supervisor give up.
         """
         port = self.local.pgbouncer_port
         run = self.local.state_dir / "run"
         supervisor = int((run / "pgbouncer.supervisor.pid").read_text().strip())
         old = self.local.pgbouncer_pid()
+        age = time.monotonic() - PGBOUNCER_SEEN.get(port, 0.0)  # the supervisor's clock
+        time.sleep(max(0.0, STARTUP_GRACE_S + 0.2 - age))
         os.kill(supervisor, signal.SIGSTOP)
         try:
             os.kill(old, signal.SIGKILL)
@@ -153,6 +236,7 @@ class AppStack:
         wait_until(lambda: (run / "pgbouncer.pid").exists() and listening(port)
                    and self.local.pgbouncer_pid() != old,
                    PGBOUNCER_BACK_S, "PgBouncer restarted by its supervisor")  # fmt: skip
+        PGBOUNCER_SEEN[port] = time.monotonic()
 
 
 @pytest.fixture(scope="session")
@@ -162,9 +246,11 @@ def stack(local_stack: LocalStack) -> AppStack:
 
 
 @pytest.fixture(scope="module")
-def own_stack() -> Iterator[AppStack]:
-    """A stack for this module alone (no sample apps): tests may stop its PgBouncer."""
-    local = start_local_stack("poolkit-apps-", "apps", with_apps=False)
+def own_stack(ts_apps: None) -> Iterator[AppStack]:
+    """A stack for this module alone: tests may stop its PgBouncer. Its one sample app is the
+    TypeScript Workers app (``runtime: node``), which the runner starts under its supervisor."""
+    ts_app = {"name": "ts", "style": "workers", "runtime": "node", "instances": 2}
+    local = start_local_stack("poolkit-apps-", "apps", with_apps=False, extra_apps=[ts_app])
     try:
         yield AppStack.of(local)
     finally:
@@ -173,25 +259,18 @@ def own_stack() -> Iterator[AppStack]:
 
 @dataclass
 class AppProcess:
-    """A running ``python -m apps.http_adapter``; ``name`` is its ``application_name``."""
+    """A running HTTP adapter (``apps.http_adapter`` or ``apps/ts``); ``name`` is its
+    ``application_name``."""
 
     name: str
     style: str
+    runtime: str
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """One HTTP request (no proxies); returns status and decoded JSON body."""
-        payload = body if isinstance(body, bytes | None) else json.dumps(body).encode()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
+        return request(self.port, method, path, body)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -206,27 +285,38 @@ class AppProcess:
 StartApp = Callable[..., AppProcess]
 
 
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    """The implementation under test; ``node`` builds ``apps/ts`` first."""
+    if request.param == "node":
+        request.getfixturevalue("ts_apps")
+    return str(request.param)
+
+
 @pytest.fixture
-def start_app(tmp_path: Path) -> Iterator[StartApp]:
+def start_app(tmp_path: Path, runtime: str) -> Iterator[StartApp]:
     """Start the HTTP adapter for a style with the given environment; stop it at teardown.
 
     ``start(style, env, migrate=True)``: ``env`` is a stack's ``app_env()`` (or
-    ``OFFLINE_ENV`` when the test needs no server); ``PGAPPNAME`` names the process.
+    ``offline_env(runtime)`` when the test needs no server); ``PGAPPNAME`` names the process
+    (psycopg and node-postgres both send it as ``application_name``).
     """
     started: list[AppProcess] = []
 
     def start(style: str, env: Mapping[str, str], *, migrate: bool = True) -> AppProcess:
         port = free_ports(1)
-        name = f"apps-test-{style}-{uuid.uuid4().hex[:8]}"
+        name = f"apps-test-{runtime}-{style}-{uuid.uuid4().hex[:8]}"
         base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         full_env = {**base, **env, "PGAPPNAME": name}
-        argv = [sys.executable, "-m", "apps.http_adapter", "--style", style,
-                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        node = node_apps.find_node() if runtime == "node" else None
+        program = (node_apps.server_command(node, REPO_ROOT) if node
+                   else [sys.executable, "-m", "apps.http_adapter"])  # fmt: skip
+        argv = [*program, "--style", style, "--host", "127.0.0.1", "--port", str(port)]
         log_path = tmp_path / f"{name}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(argv + (["--migrate"] if migrate else []), cwd=REPO_ROOT,
                                     env=full_env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        app = AppProcess(name, style, port, proc, log_path)
+        app = AppProcess(name, style, runtime, port, proc, log_path)
         started.append(app)
         deadline = time.monotonic() + ADAPTER_START_S
         while not listening(port):
@@ -266,3 +356,10 @@ def mixed_clients(settings: db.Settings, clients: int, rounds: int) -> tuple[int
             errors += bad
             wrong += mismatched
     return errors, wrong
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if figures.FIGURES:
+        terminalreporter.section("sample apps: 500 POST /items, 50 at a time, limit 10 per process")
+        for line in figures.summary_lines():
+            terminalreporter.write_line(line)

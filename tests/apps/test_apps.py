@@ -1,7 +1,9 @@
-"""The sample apps through the project's local runner: Postgres 15 + PgBouncer 1.18 (SCRAM).
+"""The sample apps through the project's local runner: Postgres + PgBouncer >= 1.21 (SCRAM).
 
-``integration`` tests run the HTTP adapter against a stack the runner brought up (see
-``conftest.py``); ``unit`` tests need no server (settings checks, requests refused early).
+Every test that starts an adapter runs twice (``runtime``): the Python apps (``apps/``) and the
+Prisma 7 + TypeScript apps (``apps/ts``), on the same HTTP surface. ``integration`` tests run
+them against a stack the runner brought up (see ``conftest.py``); ``unit`` tests need no server
+(settings checks, requests refused early).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from psycopg.conninfo import conninfo_to_dict
 
 from apps import db
 from poolkit.urls import postgres_url
-from tests.apps.conftest import OFFLINE_ENV, AppProcess, AppStack, mixed_clients
+from tests.apps import figures
+from tests.apps.conftest import (
+    URL_VARIABLE,
+    AppProcess,
+    AppStack,
+    mixed_clients,
+    offline_env,
+    request,
+)
 
 integration = pytest.mark.integration
 unit = pytest.mark.unit
@@ -94,10 +104,10 @@ def test_migration_runs_over_direct_url_as_the_owner(own_stack, start_app) -> No
     ids=["bad-json", "no-name", "empty-name", "long-name", "not-utf8", "unknown-path", "method"],
 )
 def test_bad_requests_get_client_errors(
-    start_app, method: str, path: str, body: Any, status: int
+    start_app, runtime: str, method: str, path: str, body: Any, status: int
 ) -> None:
     """Refused before any database work: the adapter's settings name a port nobody serves."""
-    app = start_app("lambda", OFFLINE_ENV, migrate=False)
+    app = start_app("lambda", offline_env(runtime), migrate=False)
     got, payload = app.request(method, path, body)
     assert got == status
     assert set(payload) == {"error"}
@@ -128,8 +138,10 @@ def test_workers_style_has_no_client_connection_between_requests(stack, start_ap
 
 
 @integration
-@pytest.mark.parametrize(("style", "limit"), [("lambda", 1), ("workers", 10)])
+@pytest.mark.parametrize(("style", "limit"), [("lambda", 3), ("workers", 10)])
 def test_50_concurrent_requests_all_succeed(stack, start_app, style: str, limit: int) -> None:
+    """Lambda: the warm instance keeps at most POOL_CONNECTION_LIMIT PgBouncer clients (Python:
+    always 1; Prisma: its pg Pool's max); Workers: none left once the requests are done."""
     app = start_app(style, stack.app_env(limit=limit))
     names = [unique(f"burst-{style}") for _ in range(50)]
     with ThreadPoolExecutor(max_workers=50) as pool:
@@ -138,8 +150,55 @@ def test_50_concurrent_requests_all_succeed(stack, start_app, style: str, limit:
     assert [status for status, _ in results] == [201] * 50
     assert [body["item"]["name"] for _, body in results] == names  # nobody got another's row
     assert len({body["item"]["id"] for _, body in results}) == 50
-    expected_clients = 1 if style == "lambda" else 0
-    assert len(wait_for_clients(stack, app, expected_clients)) == expected_clients
+    if style == "lambda":
+        kept = stack.clients_of(app)
+        assert 1 <= len(kept) <= limit, kept
+        if app.runtime == "python":
+            assert len(kept) == 1
+    else:
+        assert wait_for_clients(stack, app, 0) == []
+
+
+@integration
+@pytest.mark.parametrize("route", ["pooled", "direct"])
+@pytest.mark.parametrize("style", STYLES)
+def test_burst_of_500_requests(stack, start_app, style: str, route: str) -> None:
+    """500 POSTs, 50 at a time, one process with POOL_CONNECTION_LIMIT 10: every row right and
+    0 errors. Pooled, the app role's Postgres backends never exceed PgBouncer's
+    max_db_connections; direct (the app role straight to Postgres) gives the comparison."""
+    env = stack.app_env(limit=10)
+    if route == "direct":
+        env |= dict.fromkeys(URL_VARIABLE.values(), stack.app_direct_url)
+    app = start_app(style, env)
+    names = [unique(f"{route}-{style}") for _ in range(500)]
+    with stack.peak_app_backends() as peak, ThreadPoolExecutor(max_workers=50) as pool:
+        started = time.monotonic()
+        results = list(pool.map(lambda n: app.request("POST", "/items", {"name": n}), names))
+        seconds = time.monotonic() - started
+
+    errors = sum(status != 201 for status, _ in results)
+    bound = stack.max_db_connections
+    figures.record(f"{app.runtime} {style} {route}", requests=len(results), errors=errors,
+                   rps=len(results) / seconds, peak_backends=peak[0],
+                   max_db_connections=bound)  # fmt: skip
+    assert errors == 0, [r for r in results if r[0] != 201][:3]
+    assert [body["item"]["name"] for _, body in results] == names
+    assert peak[0] >= 1, "the sampler saw no backend"
+    if route == "pooled":
+        assert peak[0] <= bound
+
+
+@integration
+def test_runner_supervises_the_typescript_app(own_stack) -> None:
+    """``runtime: node`` in the stack: ``poolkit up`` runs ``apps/ts`` under its supervisor."""
+    port = own_stack.local.app_ports[-1]
+    [record] = [a for a in own_stack.local.state()["apps"] if a["app"] == "ts"]
+    assert (record["runtime"], record["port"]) == ("node", port)
+    assert request(port, "GET", "/healthz") == (200, {"ok": True, "db": 1})
+    status, body = request(port, "POST", "/items", {"name": "from-the-runner"})
+    assert status == 201, body
+    log = (own_stack.local.state_dir / "log" / "app-ts-0.out.log").read_text()
+    assert "serving the workers style (Prisma 7" in log
 
 
 @integration
@@ -174,7 +233,7 @@ def test_app_recovers_after_pgbouncer_restart(own_stack, start_app, style: str) 
         assert after[0]["connect_time"] != before[0]["connect_time"] or (
             after[0]["port"] != before[0]["port"]
         )
-        assert "reconnecting" in app.log()
+        assert ("reconnecting" if app.runtime == "python" else "idle connection lost") in app.log()
     else:
         assert before == wait_for_clients(own_stack, app, 0) == []
 
@@ -185,8 +244,8 @@ def test_errors_carry_no_password_or_url(own_stack, start_app) -> None:
     pooled = conninfo_to_dict(own_stack.pooled_url)
     bad_url = postgres_url(str(pooled["user"]), wrong_password, str(pooled["host"]),
                            int(str(pooled["port"])), str(pooled["dbname"]))  # fmt: skip
-    app = start_app("workers", {**own_stack.app_env(), "POOLED_DATABASE_URL": bad_url},
-                    migrate=False)  # fmt: skip
+    app = start_app("workers", {**own_stack.app_env(), "POOLED_DATABASE_URL": bad_url,
+                                "DATABASE_URL": bad_url}, migrate=False)  # fmt: skip
     lambda_app = start_app("lambda", own_stack.app_env(), migrate=False)
 
     responses = [app.request("GET", "/items"), app.request("POST", "/items", {"name": "x"})]
@@ -201,7 +260,7 @@ def test_errors_carry_no_password_or_url(own_stack, start_app) -> None:
     text = repr(responses) + app.log() + lambda_app.log()
     for secret in secrets:
         assert secret not in text
-    assert "authentication failed" in app.log()  # the cause is still logged
+    assert "authentication failed" in app.log().lower()  # the cause is still logged
 
 
 @integration
@@ -216,22 +275,32 @@ def test_sigterm_stops_the_adapter_and_closes_its_connection(stack, start_app) -
 
 
 @unit
-def test_missing_setting_is_named(start_app) -> None:
+def test_missing_setting_is_named(start_app, runtime: str) -> None:
     with pytest.raises(RuntimeError, match="exited") as failure:
-        start_app("workers", {**OFFLINE_ENV, "POOL_CONNECTION_LIMIT": ""})
+        start_app("workers", {**offline_env(runtime), "POOL_CONNECTION_LIMIT": ""})
     assert "POOL_CONNECTION_LIMIT is not set" in str(failure.value)
 
 
 @unit
-def test_malformed_url_fails_at_startup_without_leaking_password(start_app) -> None:
+def test_malformed_url_fails_at_startup_without_leaking_password(start_app, runtime: str) -> None:
     """libpq quotes the offending token, here inside the password: the log must not."""
     password = "se%zz" + uuid.uuid4().hex
     bad_url = f"postgresql://app:{password}@127.0.0.1:1/appdb"
+    variable = URL_VARIABLE[runtime]
     with pytest.raises(RuntimeError, match="exited") as failure:
-        start_app("lambda", {**OFFLINE_ENV, "POOLED_DATABASE_URL": bad_url})
+        start_app("lambda", {**offline_env(runtime), variable: bad_url})
     message = str(failure.value)
-    assert "POOLED_DATABASE_URL is not a valid libpq URL" in message
+    assert f"{variable} is not a valid" in message
     assert password not in message
+
+
+@unit
+def test_engine_parameters_in_the_url_stop_the_app(start_app, runtime: str) -> None:
+    """Prisma <= 6 parameters on the pooled URL: psycopg would fail, Prisma 7 ignore them."""
+    url = "postgresql://app:unused@127.0.0.1:1/app?pgbouncer=true&connection_limit=1"
+    with pytest.raises(RuntimeError, match="exited") as failure:
+        start_app("workers", {**offline_env(runtime), URL_VARIABLE[runtime]: url}, migrate=False)
+    assert "connection_limit, pgbouncer" in str(failure.value)
 
 
 @unit

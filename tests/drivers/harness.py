@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from dotenv import dotenv_values
 
+from poolkit.node_apps import PRISMA_OFFLINE
 from tests.drivers.workloads import PYTHON_DRIVERS, ROUNDS, WORKERS, run_python
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -25,9 +26,6 @@ ALL_DRIVERS = (*PYTHON_DRIVERS, *NODE_DRIVERS)
 HAZARDOUS = ("psycopg-connect", "psycopg-pool", "asyncpg-connect", "asyncpg-pool", "pg-named")
 """Drivers whose defaults prepare statements: without PgBouncer's tracking they must fail."""
 NODE_TIMEOUT_S = 180
-PRISMA_OFFLINE = {"PRISMA_SCHEMA_ENGINE_BINARY": "/bin/true", "CHECKPOINT_DISABLE": "1",
-                  "PRISMA_HIDE_UPDATE_MESSAGE": "1"}  # fmt: skip
-"""``prisma generate`` needs no engine binary; these keep the CLI off the network."""
 TABLE_SQL = """CREATE TABLE IF NOT EXISTS driver_items (
     id bigserial PRIMARY KEY, worker int NOT NULL, round int NOT NULL, tag text NOT NULL)"""
 

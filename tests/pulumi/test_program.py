@@ -547,6 +547,15 @@ def test_app_image_context_holds_only_the_app_modules() -> None:
     assert "COPY *.py /opt/poolkit/apps/" in (PROJECT / "images/app/Dockerfile").read_text()
 
 
+def test_node_apps_are_refused_before_any_resource() -> None:
+    """The local target runs apps/ts; the Docker target has no Node app image yet."""
+    config = {"poolkit:apps": [{"name": "edge", "style": "workers", "runtime": "node"}]}
+    plan(parse_stack(config, "ts"))  # valid for the core
+    with pytest.raises(pulumi.RunError, match=r"poolkit:apps\[0\].runtime: is not supported"):
+        deploy("ts", config)
+    assert deploy.last_monitor.registered == [], "resources were registered before the failure"
+
+
 def test_fixed_names_are_replaced_delete_first(dev: Deployment) -> None:
     """Every container, network and volume the program registers with a fixed name or host
     port (found from its inputs, not listed here) deletes before it is replaced."""

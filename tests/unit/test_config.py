@@ -37,6 +37,15 @@ def test_app_ports_default_to_consecutive_ranges() -> None:
     assert [(a.port, a.replicas) for a in config.apps] == [(8080, 3), (8083, 1)]
 
 
+def test_app_runtime_defaults_to_python_and_reaches_the_plan() -> None:
+    config = parse_stack({"poolkit:apps": [
+        {"name": "a", "style": "lambda"},
+        {"name": "b", "style": "workers", "runtime": "node"},
+    ]}, "dev")  # fmt: skip
+    assert [a.runtime for a in config.apps] == ["python", "node"]
+    assert [a.runtime for a in plan(config).apps] == ["python", "node"]
+
+
 def test_secure_password_is_kept_encrypted() -> None:
     config = parse_stack({"poolkit:app_password": {"secure": "v1:abc"}}, "dev")
     assert config.database.app_password == Encrypted("v1:abc")
@@ -125,6 +134,8 @@ INVALID = [
      "required"),
     ("app-bad-style", {"poolkit:apps": [{**APP, "style": "fargate"}]}, "poolkit:apps[0].style",
      "lambda or workers"),
+    ("app-bad-runtime", {"poolkit:apps": [{**APP, "runtime": "deno"}]},
+     "poolkit:apps[0].runtime", "python or node"),
     ("app-bad-name", {"poolkit:apps": [{**APP, "name": "My App"}]}, "poolkit:apps[0].name",
      "lower-case"),
     ("app-zero-instances", {"poolkit:apps": [{**APP, "instances": 0}]},
