@@ -24,6 +24,7 @@ from poolkit.render import (
     TLS_CA,
     TLS_CERT,
     TLS_KEY,
+    pgbouncer_peers,
     render_pgbouncer_ini,
     render_userlist,
     server_tls_sslmode,
@@ -65,9 +66,11 @@ class PgBouncer(pulumi.ComponentResource):
             parent=self,
         )
         userlist = pulumi.Output.secret(args.secrets.apply(render_userlist))
+        # One file per PgBouncer process; the image's poolkit-pgbouncers runs each of them.
         uploads = [
-            upload(f"{layout.pgbouncer_dir}/pgbouncer.ini",
-                    render_pgbouncer_ini(stack, args.plan, layout), "0640"),
+            *(upload(f"{layout.pgbouncer_dir}/{peer.ini}",
+                     render_pgbouncer_ini(stack, args.plan, layout, peer.peer_id), "0640")
+              for peer in pgbouncer_peers(args.plan, layout)),
             upload(f"{layout.pgbouncer_dir}/userlist.txt", userlist, "0600"),
         ]  # fmt: skip
         bouncer = stack.pgbouncer

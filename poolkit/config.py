@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from poolkit.split import PEERING_SINCE
 from poolkit.units import GIB, MIB, parse_size
 
 NAMESPACE = "poolkit"
@@ -34,6 +35,7 @@ MIN_PGBOUNCER = (1, 17)
 PASSWORD_ENV = {
     "app_password": "POOLKIT_APP_PASSWORD",
     "migrator_password": "POOLKIT_MIGRATOR_PASSWORD",
+    "external_admin_password": "POOLKIT_EXTERNAL_ADMIN_PASSWORD",
 }
 TLS_SECRET_KEYS = ("tls_certificate", "tls_key", "tls_ca")
 """Stack secrets holding the user's own PEM certificate, key and (optional) CA."""
@@ -42,6 +44,8 @@ LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::"})
 DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 DNS_NAME = re.compile(rf"^(\*\.)?({DNS_LABEL}\.)*{DNS_LABEL}$", re.IGNORECASE)
+SERVER_SSLMODES = ("require", "verify-ca", "verify-full")
+"""TLS to a Postgres the kit does not run: traffic leaves the host, so never plain."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,30 @@ class Encrypted:
 
 
 @dataclass(frozen=True)
+class ExternalPostgres:
+    """A Postgres the kit does not run (RDS, Cloud SQL, Neon, Supabase, your own server).
+
+    The kit deploys only PgBouncer, the apps, the ``.env`` and the checks in front of it, and
+    creates its roles and database through ``admin_user``, a role that must not be a superuser.
+    """
+
+    host: str
+    admin_user: str
+    """A role with CREATEROLE (and CREATEDB unless the database exists); not a superuser."""
+    port: int = 5432
+    sslmode: str = "verify-full"
+    """require | verify-ca | verify-full: how PgBouncer and DIRECT_URL check the server."""
+    ca_file: str | None = None
+    """PEM file of the CA that signed the server's certificate; required for verify-*."""
+    max_connections: int | None = None
+    """The server's max_connections; read from it (SHOW max_connections) when absent."""
+
+    @property
+    def verifies(self) -> bool:
+        return self.sslmode.startswith("verify-")
+
+
+@dataclass(frozen=True)
 class PostgresSpec:
     version: int = 17
     """PostgreSQL major version, 15 to 17."""
@@ -91,6 +119,8 @@ class PostgresSpec:
     publish_address: str = "127.0.0.1"
     """Host address the port is published on. Beyond 127.0.0.1 Postgres takes TLS only
     (``hostssl``) and only from the migrator role: the migration path from outside."""
+    external: ExternalPostgres | None = None
+    """Bring your own Postgres: the kit runs none and fronts this one."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +144,10 @@ class PgBouncerSpec:
     publish_address: str = "127.0.0.1"
     """Host address PgBouncer is published on (Docker) or listens on (local). Anything but
     127.0.0.1 or ::1 needs ``client_tls``."""
+    processes: int | None = None
+    """PgBouncer processes per pooler host, sharing the port; derived from CPUs when absent."""
+    replicas: int = 1
+    """Pooler hosts (containers, pods, machines); the server budget is split over all of them."""
 
     @property
     def version_tuple(self) -> tuple[int, int]:
@@ -157,6 +191,8 @@ class DatabaseSpec:
     """Owner of the database; used by the direct URL (migrations, session features)."""
     app_password: str | Encrypted | None = None
     migrator_password: str | Encrypted | None = None
+    external_admin_password: str | Encrypted | None = None
+    """Password of ``postgres.external.admin_user`` (a secret; or the environment)."""
 
 
 @dataclass(frozen=True)
@@ -303,6 +339,24 @@ POSTGRES_RULES: dict[str, Rule] = {
                             "or 0.0.0.0 (every interface)", _address_check),
 }  # fmt: skip
 
+EXTERNAL_RULES: dict[str, Rule] = {
+    "host": Rule(str, "use the server's DNS name or IP address",
+                 _matches(re.compile(r"^[A-Za-z0-9.:-]{1,253}$"), "a host name or IP address")),
+    "port": Rule(int, "use the server's TCP port, 1 to 65535", _between(1, 65535)),
+    "sslmode": Rule(str, "use verify-full (or verify-ca, require); traffic leaves the host",
+                    _one_of(*SERVER_SSLMODES)),
+    "ca_file": Rule(str, "give the absolute path of the PEM file of the CA that signed the "
+                         "server's certificate",
+                    _matches(re.compile(r"^/[^\0\n;#]*$"), "an absolute file path"),
+                    optional=True),
+    "max_connections": Rule(int, "use the server's max_connections (20 to 100000), or remove it "
+                                 "to read it from the server", _between(20, 100000),
+                            optional=True),
+    "admin_user": Rule(str, "name the role poolkit may create roles with (not a superuser)",
+                       _identifier),
+}  # fmt: skip
+EXTERNAL_REQUIRED = ("host", "admin_user")
+
 PGBOUNCER_RULES: dict[str, Rule] = {
     "version": Rule(str, 'quote the version, e.g. "1.24"', _pgbouncer_version_check),
     "pool_mode": Rule(
@@ -326,6 +380,9 @@ PGBOUNCER_RULES: dict[str, Rule] = {
     "server_tls": Rule(bool, "use true or false"),
     "publish_address": Rule(str, "use an IP address: 127.0.0.1 (loopback), a host address, "
                             "or 0.0.0.0 (every interface, with client_tls)", _address_check),
+    "processes": Rule(int, "use 1 to 64 processes per pooler host, or remove it to derive",
+                      _between(1, 64), optional=True),
+    "replicas": Rule(int, "use 1 to 256 pooler hosts", _between(1, 256)),
 }  # fmt: skip
 
 TLS_RULES: dict[str, Rule] = {
@@ -471,6 +528,36 @@ def _read_apps(raw: Any, problems: list[Problem]) -> tuple[AppSpec, ...]:
     return tuple(apps)
 
 
+def _read_external(raw: Any, problems: list[Problem]) -> ExternalPostgres | None:
+    where = f"{NAMESPACE}:postgres.external"
+    if raw is None:
+        return None
+    values = _read_section(where, raw, EXTERNAL_RULES, problems)
+    if not isinstance(raw, Mapping):
+        return None
+    for key in EXTERNAL_REQUIRED:
+        if key not in raw:
+            problems.append(Problem(f"{where}.{key}", None, "is required",
+                                    EXTERNAL_RULES[key].fix))  # fmt: skip
+    if not all(k in values for k in EXTERNAL_REQUIRED):
+        return None
+    external = ExternalPostgres(**values)
+    if external.verifies and not external.ca_file:
+        problems.append(Problem(
+            f"{where}.ca_file", None,
+            f"is required: sslmode {external.sslmode} verifies the server's certificate against "
+            "a CA",
+            "give the path of the CA's PEM file (your provider publishes it), or use sslmode "
+            "require (encrypted, but the server is not verified)",
+        ))  # fmt: skip
+    if external.admin_user in RESERVED_ROLES:
+        problems.append(Problem(f"{where}.admin_user", external.admin_user,
+                                "is a superuser or a role poolkit reserves for itself",
+                                "create a role with CREATEROLE for poolkit, e.g. "
+                                "poolkit_admin"))  # fmt: skip
+    return external
+
+
 def _cross_checks(stack: StackConfig, problems: list[Problem]) -> None:
     """Rules between fields: names, ports, version-gated parameters."""
     db, bouncer = stack.database, stack.pgbouncer
@@ -493,11 +580,29 @@ def _cross_checks(stack: StackConfig, problems: list[Problem]) -> None:
             f"is not supported by PgBouncer {bouncer.version} (needs 1.21 or newer)",
             "remove it, or use PgBouncer 1.21+",
         ))  # fmt: skip
+    if (bouncer.processes or 1) > 1 and bouncer.version_tuple < PEERING_SINCE:
+        problems.append(Problem(
+            f"{ns}:pgbouncer.processes", bouncer.processes,
+            f"needs PgBouncer 1.19 or newer to peer the processes (got {bouncer.version}): "
+            "without peer_id a cancel request may reach a process that does not own the query",
+            "use PgBouncer 1.19+ (./scripts/bootstrap builds one), or set processes: 1",
+        ))  # fmt: skip
+
+    external = stack.postgres.external
+    if external and external.admin_user in (db.app_user, db.migrator_user):
+        problems.append(Problem(f"{ns}:postgres.external.admin_user", external.admin_user,
+                                "must differ from the app and migrator roles poolkit creates",
+                                "give poolkit's admin role its own name"))  # fmt: skip
+    if external and stack.postgres.max_connections:
+        problems.append(Problem(f"{ns}:postgres.max_connections", stack.postgres.max_connections,
+                                "cannot be set for an external Postgres",
+                                "put the server's value in poolkit:postgres.external."
+                                "max_connections, or remove it to read it"))  # fmt: skip
 
     _exposure_checks(stack, problems)
 
     seen_names: set[str] = set()
-    taken: dict[int, str] = {stack.postgres.port: f"{ns}:postgres.port"}
+    taken: dict[int, str] = {} if external else {stack.postgres.port: f"{ns}:postgres.port"}
     if bouncer.port in taken:
         problems.append(Problem(f"{ns}:pgbouncer.port", bouncer.port,
                                 "clashes with poolkit:postgres.port",
@@ -609,10 +714,18 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
                                         _suggest(name, TOP_LEVEL)))  # fmt: skip
             ours[name] = value
 
+    raw_postgres = ours.get("postgres")
+    external_raw = None
+    if isinstance(raw_postgres, Mapping) and "external" in raw_postgres:
+        external_raw = raw_postgres["external"]
+        ours["postgres"] = {k: v for k, v in raw_postgres.items() if k != "external"}
     sections = {
         name: _read_section(f"{NAMESPACE}:{name}", ours.get(name), rules, problems)
         for name, rules in SECTIONS.items()
     }
+    external = _read_external(external_raw, problems)
+    if external:
+        sections["postgres"]["external"] = external
     if "memory" in sections["postgres"]:
         sections["postgres"]["memory_bytes"] = parse_size(sections["postgres"].pop("memory"))
     passwords = {key: _read_password(key, ours.get(key), problems) for key in PASSWORD_ENV}

@@ -32,6 +32,16 @@ APP_CA_DIR = "/etc/poolkit"
 """Where the app containers find that CA (``TLS_CA``, their URLs' ``sslrootcert``)."""
 
 
+def with_external(stack: StackConfig, layout: Layout) -> Layout:
+    """An external Postgres: PgBouncer and DIRECT_URL name its host and port."""
+    external = stack.postgres.external
+    if external is None:
+        return layout
+    return dataclasses.replace(layout, postgres_host=external.host, postgres_port=external.port,
+                               public_postgres_host=external.host,
+                               public_postgres_port=external.port)  # fmt: skip
+
+
 def certificate_names(stack: StackConfig) -> list[str]:
     """subjectAltNames of a generated server certificate, the same on every target: the stack's
     names, the addresses it is published on, loopback and the containers' aliases."""
@@ -65,7 +75,7 @@ def docker_layout(stack: StackConfig, project_root: Path | None = None) -> Layou
     where ``poolkit env`` keeps the CA file (default: the working directory, Pulumi's).
     """
     published = stack.postgres.publish
-    return Layout(
+    return with_external(stack, Layout(
         name="docker",
         public_host=client_host(stack, stack.pgbouncer.publish_address),
         public_pgbouncer_port=stack.pgbouncer.port,
@@ -74,7 +84,7 @@ def docker_layout(stack: StackConfig, project_root: Path | None = None) -> Layou
         public_postgres_port=stack.postgres.port if published else 5432,
         direct_on_network=not published,
         tls_ca_file=host_ca_file(stack, project_root or Path.cwd()) if stack.tls.has_ca else "",
-    )
+    ))  # fmt: skip
 
 
 def network_layout(stack: StackConfig) -> Layout:
@@ -109,7 +119,7 @@ def local_layout(stack: StackConfig, state_dir: Path, superuser: str) -> Layout:
     state = state_dir.resolve()
     postgres_listen = stack.postgres.publish_address if stack.postgres.publish else "127.0.0.1"
     ca_file = stack.tls.ca_file or str(state / "conf" / CA_FILE_NAME)
-    return Layout(
+    return with_external(stack, Layout(
         name="local",
         superuser=superuser,
         listen_addresses=_with_loopback(postgres_listen),
@@ -131,7 +141,7 @@ def local_layout(stack: StackConfig, state_dir: Path, superuser: str) -> Layout:
         public_postgres_port=stack.postgres.port,
         public_pgbouncer_port=stack.pgbouncer.port,
         tls_ca_file=ca_file,
-    )
+    ))  # fmt: skip
 
 DOCKER_DEFAULT_SHM_MB = 64
 """Docker's /dev/shm when nothing is set: too small for parallel hash joins."""
@@ -191,4 +201,11 @@ def docker_problems(stack: StackConfig) -> list[Problem]:
                 "use runtime: python for Pulumi stacks; the local target runs node apps")
         for index, app in enumerate(stack.apps) if app.runtime != "python"
     ]  # fmt: skip
+    if stack.postgres.external:
+        problems.append(Problem(
+            f"{NAMESPACE}:postgres.external", stack.postgres.external.host,
+            "is not supported by the Docker target yet (the Pulumi program runs its own Postgres)",
+            "front an external Postgres with the local target (poolkit up --target local), or "
+            "remove the section",
+        ))  # fmt: skip
     return problems

@@ -13,6 +13,7 @@ from typing import Any
 import jinja2
 
 from poolkit.config import StackConfig
+from poolkit.peering import Peer, peers
 from poolkit.secrets import Credential, Secrets
 from poolkit.sizing import AppPlan, Plan
 from poolkit.urls import postgres_url, prisma_engine_params
@@ -163,13 +164,27 @@ def server_tls_sslmode(stack: StackConfig) -> str:
     if not stack.tls.given:
         return "verify-full"
     return "verify-ca" if stack.tls.has_ca else "require"
+SERVER_CA = "server-ca.crt"
+"""An external Postgres's CA, copied beside pgbouncer.ini (server_tls_ca_file)."""
 
 
-def render_pgbouncer_ini(stack: StackConfig, plan: Plan, layout: Layout) -> str:
+def pgbouncer_peers(plan: Plan, layout: Layout) -> tuple[Peer, ...]:
+    """The PgBouncer processes of one pooler host, each with its file name and paths."""
+    return peers(plan.pool.split.processes, layout.pgbouncer_socket_dir,
+                 layout.pgbouncer_pidfile, layout.pgbouncer_logfile)  # fmt: skip
+
+
+def render_pgbouncer_ini(
+    stack: StackConfig, plan: Plan, layout: Layout, peer_id: int = 1
+) -> str:
+    """``pgbouncer.ini`` of process ``peer_id``; the processes differ only in peering data."""
     settings = sorted(plan.pgbouncer, key=lambda s: s.name)
+    every = pgbouncer_peers(plan, layout)
     return _render("pgbouncer.ini.j2", stack=stack, layout=layout, settings=settings,
                    tls_key=TLS_KEY, tls_cert=TLS_CERT, tls_ca=TLS_CA,
-                   server_sslmode=server_tls_sslmode(stack))  # fmt: skip
+                   server_sslmode=server_tls_sslmode(stack), server_ca=SERVER_CA,
+                   external=stack.postgres.external, split=plan.pool.split,
+                   peer=every[peer_id - 1], peers=every if len(every) > 1 else ())  # fmt: skip
 
 
 def render_userlist(secrets: Secrets) -> str:
@@ -181,6 +196,23 @@ def render_userlist(secrets: Secrets) -> str:
 def render_init_sql(stack: StackConfig, secrets: Secrets) -> str:
     """Roles with SCRAM verifiers, the database owned by the migrator, the app role's grants."""
     return _render("init.sql.j2", stack=stack, secrets=secrets)
+
+
+def render_external_init_sql(stack: StackConfig, secrets: Secrets) -> str:
+    """The same roles, database and grants on an external Postgres, run as its admin role."""
+    return _render("external-init.sql.j2", stack=stack, secrets=secrets,
+                   external=stack.postgres.external)  # fmt: skip
+
+
+def direct_tls_params(stack: StackConfig) -> dict[str, str]:
+    """libpq TLS parameters of DIRECT_URL: the external server's sslmode and CA."""
+    external = stack.postgres.external
+    if external is None:
+        return {}
+    params = {"sslmode": external.sslmode}
+    if external.ca_file:
+        params["sslrootcert"] = external.ca_file
+    return params
 
 
 def _url(credential: Credential, host: str, port: int, dbname: str, **params: Any) -> str:
@@ -218,7 +250,8 @@ def render_env(
     client_tls = stack.pgbouncer.client_tls
     tls = client_tls_params(layout) if client_tls else {}
     prisma_tls = client_tls_params(layout, prisma=True) if client_tls else {}
-    direct_tls = client_tls_params(layout) if stack.postgres_exposed else {}
+    direct_tls = (direct_tls_params(stack) if stack.postgres.external
+                  else client_tls_params(layout) if stack.postgres_exposed else {})  # fmt: skip
     pooled = _url(secrets.app, host, port, db, **tls)
     engine = prisma_engine_params(connection_limit, pool_timeout, plan.prepared_statements)
     urls = {
@@ -248,19 +281,23 @@ def env_file_names(stack: StackConfig, plan: Plan) -> dict[str, AppPlan | None]:
 
 def render_all(stack: StackConfig, plan: Plan, secrets: Secrets, layout: Layout) -> dict[str, str]:
     """Every file of the stack, name -> text."""
-    files = {
-        "postgresql.conf": render_postgresql_conf(stack, plan, layout),
-        "pg_hba.conf": render_pg_hba(stack, layout),
-        "pgbouncer.ini": render_pgbouncer_ini(stack, plan, layout),
-        "userlist.txt": render_userlist(secrets),
-        "init.sql": render_init_sql(stack, secrets),
-    }
+    if stack.postgres.external:  # the server is not ours: only what fronts it
+        files = {"external-init.sql": render_external_init_sql(stack, secrets)}
+    else:
+        files = {
+            "postgresql.conf": render_postgresql_conf(stack, plan, layout),
+            "pg_hba.conf": render_pg_hba(stack, layout),
+            "init.sql": render_init_sql(stack, secrets),
+        }
+    files |= {peer.ini: render_pgbouncer_ini(stack, plan, layout, peer.peer_id)
+              for peer in pgbouncer_peers(plan, layout)}
+    files["userlist.txt"] = render_userlist(secrets)
     for name, app in env_file_names(stack, plan).items():
         files[name] = render_env(stack, plan, secrets, layout, app)
     return files
 
 
-PRIVATE_FILES = frozenset({"userlist.txt", "init.sql"})
+PRIVATE_FILES = frozenset({"userlist.txt", "init.sql", "external-init.sql"})
 
 
 def is_private(name: str) -> bool:

@@ -80,6 +80,11 @@ def _given_password(stack: StackConfig, key: str) -> str | None:
     return password_from_env(key) or value
 
 
+def external_admin_password(stack: StackConfig) -> str | None:
+    """The external Postgres admin role's password: never generated, never kept by the kit."""
+    return _given_password(stack, "external_admin_password")
+
+
 def resolve(stack: StackConfig, superuser: str, previous: Secrets | None = None) -> Secrets:
     """Credentials for ``stack``: given passwords win, then the previous ones, then new ones."""
     db = stack.database

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from poolkit.config import NAMESPACE, ConfigError, Problem, StackConfig
+from poolkit.split import Split, client_slots, default_processes, split_budget
 from poolkit.units import GIB, KIB, MIB, format_kb
 
 SUPERUSER_RESERVED = 3
@@ -69,17 +70,24 @@ class AppPlan:
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """The numbers that bound connections end to end."""
+    """The numbers that bound connections end to end.
+
+    ``pool_size``, ``reserve``, ``server_connections`` and ``max_client_conn`` are the whole
+    pooler's (every process of every replica); ``split`` holds one process's share.
+    """
 
     pool_size: int
     reserve: int
     server_connections: int
+    """The server budget: pool + reserve, what Postgres may see from the whole pooler."""
     max_connections: int
     max_client_conn: int
     client_demand: int
     prepared_statements: int
     pool_timeout: int
     """Prisma's wait for a connection, below PgBouncer's query_wait_timeout."""
+    split: Split
+    processes_why: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,19 @@ class Plan:
                 "port": app.port,
             }
             why[f"apps.{app.name}.connection_limit"] = _connection_limit_why(self.pool, app)
+        split = self.pool.split
+        why["pgbouncer.processes"] = self.pool.processes_why
+        why["pgbouncer.split"] = split.why(self.pool.pool_size, self.pool.reserve)
         return {
             "postgres": {"settings": {s.name: s.value for s in self.postgres}},
-            "pgbouncer": {"settings": {s.name: s.value for s in self.pgbouncer}},
+            "pgbouncer": {
+                "settings": {s.name: s.value for s in self.pgbouncer},
+                "processes": split.processes,
+                "replicas": split.replicas,
+                "budget": split.budget,
+                "servers": split.servers,
+                "max_client_conn_total": self.pool.max_client_conn,
+            },
             "apps": apps,
             "why": why,
         }
@@ -134,10 +152,14 @@ def _lookup(settings: tuple[Setting, ...], name: str) -> str:
 
 
 def _connection_limit_why(pool: PoolPlan, app: AppPlan) -> str:
+    split = pool.split
+    servers = (f"{pool.pool_size} servers" if split.instances == 1 else
+               f"{split.pooled_servers} pooled servers ({split.instances} processes x "
+               f"{split.pool_size})")  # fmt: skip
     return (
         f"{app.connection_limit} per instance: {app.instances} instances x {app.connection_limit} "
         f"= {app.instances * app.connection_limit} client connections, within "
-        f"max_client_conn {pool.max_client_conn}; PgBouncer maps them onto {pool.pool_size} servers"
+        f"max_client_conn {pool.max_client_conn}; PgBouncer maps them onto {servers}"
     )
 
 
@@ -159,7 +181,19 @@ def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, t
     needed = server_connections + SUPERUSER_RESERVED + DIRECT_HEADROOM
     derived = MAX_CONNECTIONS_STEP * math.ceil(needed / MAX_CONNECTIONS_STEP)
     max_connections = pg.max_connections or derived
-    if max_connections < server_connections + SUPERUSER_RESERVED + 2:
+    if pg.external:
+        max_connections = pg.external.max_connections or needed
+        if max_connections < needed:
+            problems.append(Problem(
+                f"{ns}:postgres.external.max_connections", pg.external.max_connections,
+                f"is below what the plan needs from the server: {server_connections} server "
+                f"connections for PgBouncer (pool {pool} + reserve {reserve}) + "
+                f"{SUPERUSER_RESERVED} superuser slots + {DIRECT_HEADROOM} for the direct URL "
+                f"= {needed}",
+                "lower poolkit:pgbouncer.default_pool_size (or postgres.cpus, which sizes it), "
+                "or move to a server with a higher max_connections",
+            ))  # fmt: skip
+    elif max_connections < server_connections + SUPERUSER_RESERVED + 2:
         problems.append(Problem(
             f"{ns}:postgres.max_connections", pg.max_connections,
             f"cannot hold PgBouncer's {server_connections} server connections "
@@ -168,6 +202,8 @@ def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, t
             f"raise it to at least {needed}, or lower poolkit:pgbouncer.default_pool_size",
         ))  # fmt: skip
 
+    split, processes_why = _split(stack, pool, reserve, problems)
+
     total_instances = sum(app.instances for app in stack.apps) or 1
     pool_timeout = max(1, bouncer.query_wait_timeout * 2 // 3)
     apps = tuple(
@@ -175,7 +211,8 @@ def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, t
             name=app.name,
             style=app.style,
             instances=app.instances,
-            connection_limit=app.connection_limit or max(1, pool // total_instances),
+            connection_limit=app.connection_limit
+            or max(1, split.pooled_servers // total_instances),
             pool_timeout=pool_timeout,
             replicas=app.replicas,
             port=app.port,
@@ -212,35 +249,78 @@ def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, t
         client_demand=demand,
         prepared_statements=prepared,
         pool_timeout=pool_timeout,
+        split=split,
+        processes_why=processes_why,
     )
     return plan, apps
 
 
+def _split(
+    stack: StackConfig, pool: int, reserve: int, problems: list[Problem]
+) -> tuple[Split, str]:
+    """The per-process share of the budget; a problem when a process would get no server."""
+    bouncer, ns = stack.pgbouncer, NAMESPACE
+    replicas = bouncer.replicas
+    if bouncer.processes is not None:
+        processes, why = bouncer.processes, "set in the stack file"
+    else:
+        derived = default_processes(stack.postgres.cpus, bouncer.version_tuple,
+                                    pool + reserve, replicas)  # fmt: skip
+        processes, why = derived.processes, derived.why
+    split = split_budget(pool, reserve, processes, replicas)
+    if split is None:
+        problems.append(Problem(
+            f"{ns}:pgbouncer.processes", processes,
+            f"x {replicas} replicas = {processes * replicas} PgBouncer processes cannot share "
+            f"a budget of {pool + reserve} server connections (pool {pool} + reserve {reserve}): "
+            "each needs at least one",
+            f"lower poolkit:pgbouncer.processes or poolkit:pgbouncer.replicas, or raise "
+            f"poolkit:pgbouncer.default_pool_size to at least {processes * replicas}",
+        ))  # fmt: skip
+        split = Split(processes, replicas, pool + reserve, pool, reserve)
+    return split, why
+
+
 def _pgbouncer_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...]:
+    """One process's settings: every process of every replica runs the same numbers."""
     bouncer, pg = stack.pgbouncer, stack.postgres
+    split = pool.split
+    pool_why = (f"{pg.cpus} CPUs x 2 + 1 (Prisma's pool guidance), x{POOL_FACTOR[pg.workload]} "
+                f"for a {pg.workload} workload, rounded up, at least 2"
+                if not bouncer.default_pool_size else "set in the stack file")  # fmt: skip
+    reserve_why = ("a quarter of the pool, lent for short spikes after reserve_pool_timeout"
+                   if bouncer.reserve_pool_size is None else "set in the stack file")  # fmt: skip
+    clients_why = (f"apps' peak demand {pool.client_demand} (instances x connection_limit) "
+                   f"x {CLIENT_HEADROOM}, at least {MIN_MAX_CLIENT_CONN} (client slots are "
+                   "cheap), rounded up to 50"
+                   if not bouncer.max_client_conn else "set in the stack file")  # fmt: skip
+    if split.instances > 1:
+        share = (f"this process's share of the budget: {split.why(pool.pool_size, pool.reserve)}")
+        pool_why = f"{split.pool_size} of the pool of {pool.pool_size} ({pool_why}); {share}"
+        reserve_why = f"{split.reserve} of the reserve of {pool.reserve} ({reserve_why}); {share}"
+        clients_why = (f"{pool.max_client_conn} for the whole pooler ({clients_why}) over the "
+                       f"{split.serving} processes that serve while one per host restarts, at "
+                       f"least {MIN_MAX_CLIENT_CONN}, rounded up to 50")  # fmt: skip
+    per_process_clients = (pool.max_client_conn if split.instances == 1 else
+                           client_slots(pool.max_client_conn, split, MIN_MAX_CLIENT_CONN, 1.0))
     settings = [
         Setting("pool_mode", bouncer.pool_mode,
                 "a server is held only for the length of a transaction, so many short-lived "
                 "serverless clients share few Postgres backends"
                 if bouncer.pool_mode == "transaction" else
                 "session mode: one server per client session (chosen in the stack file)"),
-        Setting("default_pool_size", str(pool.pool_size),
-                f"{pg.cpus} CPUs x 2 + 1 (Prisma's pool guidance), x{POOL_FACTOR[pg.workload]} "
-                f"for a {pg.workload} workload, rounded up, at least 2"
-                if not bouncer.default_pool_size else "set in the stack file"),
-        Setting("reserve_pool_size", str(pool.reserve),
-                "a quarter of the pool, lent for short spikes after reserve_pool_timeout"
-                if bouncer.reserve_pool_size is None else "set in the stack file"),
+        Setting("default_pool_size", str(split.pool_size), pool_why),
+        Setting("reserve_pool_size", str(split.reserve), reserve_why),
         Setting("reserve_pool_timeout", "3",
                 "seconds a client waits before the reserve pool is used"),
-        Setting("max_db_connections", str(pool.server_connections),
+        Setting("max_db_connections", str(split.max_db_connections),
                 f"hard guard: pool {pool.pool_size} + reserve {pool.reserve}; Postgres never "
-                "sees more backends from PgBouncer than this"),
-        Setting("max_client_conn", str(pool.max_client_conn),
-                f"apps' peak demand {pool.client_demand} (instances x connection_limit) "
-                f"x {CLIENT_HEADROOM}, at least {MIN_MAX_CLIENT_CONN} (client slots are cheap), "
-                "rounded up to 50"
-                if not bouncer.max_client_conn else "set in the stack file"),
+                "sees more backends from PgBouncer than this"
+                if split.instances == 1 else
+                f"hard guard: {split.pool_size} + {split.reserve} per process; "
+                f"{split.instances} processes x {split.max_db_connections} = {split.servers}, "
+                f"within the budget of {split.budget}"),
+        Setting("max_client_conn", str(per_process_clients), clients_why),
         Setting("query_wait_timeout", str(bouncer.query_wait_timeout),
                 "a client waiting this long for a server gets an error instead of hanging; "
                 "Prisma's pool_timeout is set below it"),
@@ -273,8 +353,24 @@ def _whole_pages(kilobytes: int) -> int:
     return kilobytes - kilobytes % PAGE_KB
 
 
+def _external_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...]:
+    """An external server keeps its own tuning; the plan only states what it needs of it."""
+    external = stack.postgres.external
+    assert external is not None
+    needed = pool.server_connections + SUPERUSER_RESERVED + DIRECT_HEADROOM
+    why = (f"the server's (declared in the stack file); the plan needs {needed}: "
+           if external.max_connections else
+           "not known yet: read from the server (SHOW max_connections) and checked before "
+           f"anything is created; the plan needs {needed}: ")  # fmt: skip
+    return (Setting("max_connections", str(pool.max_connections),
+                    why + f"PgBouncer's {pool.server_connections} servers + "
+                    f"{SUPERUSER_RESERVED} reserved + {DIRECT_HEADROOM} for the direct URL"),)
+
+
 def _postgres_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...]:
     pg = stack.postgres
+    if pg.external:
+        return _external_settings(stack, pool)
     mem_kb = pg.memory_bytes // KIB
     desktop = pg.workload == "desktop"
     shared_kb = _whole_pages(mem_kb // 16 if desktop else mem_kb // 4)

@@ -60,6 +60,8 @@ class Target:
     pooled: str
     stats: str
     prepared: bool
+    processes: int = 1
+    """PgBouncer processes sharing the pooled port; each holds max_db_connections servers."""
 
     @property
     def app_user(self) -> str:
@@ -82,8 +84,13 @@ def target_from(env: Mapping[str, str]) -> Target:
     if missing:
         raise SmokeInputError(f"the env file lacks {', '.join(missing)}: use the file poolkit "
                               "wrote (.env.<stack>)")  # fmt: skip
+    processes = env.get("PGBOUNCER_PROCESSES", "1").strip() or "1"
+    if not processes.isdigit() or int(processes) < 1:
+        raise SmokeInputError(f"PGBOUNCER_PROCESSES must be a whole number >= 1 (got "
+                              f"{processes!r}): use the file poolkit wrote")  # fmt: skip
     return Target(env["DIRECT_URL"], env["POOLED_DATABASE_URL"], env["PGBOUNCER_STATS_URL"],
-                  env["PGBOUNCER_PREPARED_STATEMENTS"].strip().lower() == "on")  # fmt: skip
+                  env["PGBOUNCER_PREPARED_STATEMENTS"].strip().lower() == "on",
+                  int(processes))  # fmt: skip
 
 
 def _direct(target: Target, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -265,7 +272,8 @@ def check_session_state(target: Target) -> tuple[bool, str]:
 
 def check_burst(target: Target, clients: int = BURST_CLIENTS) -> tuple[bool, str]:
     """Short-lived clients at once; sample the app role's backends from pg_stat_activity."""
-    cap_db = console.max_db_connections(target.stats, target.database)
+    # Every process holds at most its max_db_connections; the console answers for one of them.
+    cap_db = console.max_db_connections(target.stats, target.database) * target.processes
     settings = console.config(target.stats)
     max_clients = int(settings.get("max_client_conn", "0") or 0)
     in_use = len(console.show(target.stats, "CLIENTS"))
@@ -314,7 +322,8 @@ def check_burst(target: Target, clients: int = BURST_CLIENTS) -> tuple[bool, str
     ok = not failures and samples > 0 and (cap_db == 0 or peak <= cap_db)
     figure = (f"{clients} clients, {at_once}, {len(failures)} errors"
               f"{' (' + ', '.join(kinds) + ')' if kinds else ''} in {took:.1f} s; "
-              f"peak {peak} backends of {target.app_user} <= max_db_connections {cap_db} "
+              f"peak {peak} backends of {target.app_user} <= max_db_connections {cap_db}"
+              f"{f' ({target.processes} processes)' if target.processes > 1 else ''} "
               f"({samples} samples)")  # fmt: skip
     if cap_db and peak > cap_db:
         figure = figure.replace(" <= ", " > ")

@@ -15,8 +15,11 @@ def postgres_url(
     dbname: str,
     params: Mapping[str, str | int] | None = None,
 ) -> str:
-    """Build ``postgresql://user:password@host:port/dbname?params``."""
-    netloc_host = f"[{host}]" if ":" in host else host
+    """``postgresql://user:password@host:port/dbname?params``; ``host`` may be a socket dir."""
+    if host.startswith("/"):
+        netloc_host = quote(host, safe="")  # libpq reads a percent-encoded path as a socket dir
+    else:
+        netloc_host = f"[{host}]" if ":" in host else host
     url = (
         f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
         f"@{netloc_host}:{port}/{quote(dbname, safe='')}"

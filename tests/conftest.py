@@ -85,7 +85,7 @@ class LocalStack:
         """Run ``poolkit ARGS`` for this stack (state dir, and for up the stack and env file)."""
         command = args[0]
         extra: list[str] = []
-        if command in ("up", "down", "status"):
+        if command in ("up", "down", "status", "restart"):
             extra += ["--state-dir", str(self.state_dir)]
         if command == "up":
             extra += ["--stack-file", str(stack_file or self.stack_file),

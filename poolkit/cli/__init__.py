@@ -25,6 +25,7 @@ COMMANDS: tuple[click.Command, ...] = (
     lifecycle.up_command,
     lifecycle.smoke_command,
     lifecycle.down_command,
+    lifecycle.restart_command,
     lifecycle.status_command,
     maintenance.maintenance_group,
     measure.burst_command,

@@ -110,6 +110,22 @@ def down_command(stack: StackChoice, purge: bool, yes: bool) -> None:
         raise step_failed(error) from None
 
 
+@click.command("restart")
+@stack_options(state_dir=True)
+def restart_command(stack: StackChoice) -> None:
+    """Rolling restart of the local stack's PgBouncer processes, one at a time.
+
+    Each process stops accepting (the kernel hands new connections to its peers on the shared
+    port), lets its clients finish, and starts again; then the next one.
+    """
+    from poolkit.local import LocalError
+
+    try:
+        echo(stack.runner().restart_pgbouncer(), indent="  ")
+    except LocalError as error:
+        raise step_failed(error) from None
+
+
 @click.command("status")
 @stack_options(state_dir=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

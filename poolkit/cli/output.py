@@ -43,6 +43,13 @@ def plan_lines(result: Plan) -> list[str]:
             lines.append(f"  {setting.name} = {setting.value}")
             lines.append(click.style(f"      {setting.why}", dim=True))
     why = result.as_dict()["why"]
+    split = result.pool.split
+    lines.append(heading(f"[pooler] {split.processes} PgBouncer process(es) per host x "
+                         f"{split.replicas} replica(s)"))  # fmt: skip
+    lines.append(f"  processes = {split.processes}")
+    lines.append(click.style(f"      {why['pgbouncer.processes']}", dim=True))
+    lines.append(f"  server budget = {split.budget}; used by all processes: {split.servers}")
+    lines.append(click.style(f"      {why['pgbouncer.split']}", dim=True))
     for app in result.apps:
         lines.append(heading(f"[app {app.name}] {app.style}, {app.instances} instances"))
         lines.append(f"  connection_limit = {app.connection_limit}")
@@ -62,10 +69,15 @@ def up_summary_lines(result: UpResult, env: dict[str, str], smoke_s: float | Non
     lines += [f"  {key:<20} {mask(env.get(key, '-'))}" for key in ENV_KEYS_SHOWN]
     lines.append(
         f"  pool: default_pool_size {pool.pool_size} + reserve {pool.reserve} = "
-        f"max_db_connections {pool.server_connections} of max_connections "
+        f"server budget {pool.server_connections} of max_connections "
         f"{pool.max_connections}; max_client_conn {pool.max_client_conn}; prepared "
         f"statements {env.get('PGBOUNCER_PREPARED_STATEMENTS', '?')}"
     )
+    split = pool.split
+    if split.instances > 1:
+        lines.append(f"  split: {split.processes} PgBouncer processes x {split.replicas} "
+                     f"replica(s), each max_db_connections {split.max_db_connections} "
+                     f"({split.pool_size} + {split.reserve}); {split.servers} <= {split.budget}")
     for app in result.plan.apps:
         ports = f"{app.port}-{app.port + app.replicas - 1}" if app.replicas > 1 else str(app.port)
         lines.append(f"  app {app.name} ({app.style}): {app.instances} instances x "

@@ -1,11 +1,15 @@
-"""The stack's PgBouncer: start it supervised, RELOAD it, restart it when a start-only key moved."""
+"""The stack's PgBouncer processes: start them supervised, RELOAD them, restart them one at a
+time when a start-only key moved (the others keep serving the shared port)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from poolkit import console
 from poolkit import secrets as stack_secrets
@@ -13,10 +17,11 @@ from poolkit.config import StackConfig
 from poolkit.local.errors import LocalError
 from poolkit.local.files import changed_keys, ini_settings
 from poolkit.local.host import Host
-from poolkit.local.machine import PACKAGE_ROOT, python_path
-from poolkit.local.processes import read_pid, terminate
+from poolkit.local.machine import PACKAGE_ROOT, own, python_path
+from poolkit.local.processes import pid_alive, read_pid, terminate, wait_for
 from poolkit.local.progress import Journal
 from poolkit.local.state import SUPERVISOR, StackState
+from poolkit.peering import Peer
 from poolkit.urls import postgres_url
 
 # PgBouncer settings it reads only at start (https://www.pgbouncer.org/config.html).
@@ -25,12 +30,39 @@ RESTART_KEYS = frozenset(
      "pidfile", "logfile"}
 )  # fmt: skip
 NAME = "pgbouncer"
+GRACEFUL_SINCE = (1, 23)
+"""From 1.23 SIGTERM lets connected clients finish and leave (new ones go to the peers); a
+second SIGTERM shuts down at once. Before, SIGINT waits for servers to be released."""
+DRAIN_TIMEOUT_S = 30.0
+"""How long a rolling restart lets one process's clients leave before it is shut down anyway."""
 
 
-def admin_url(credentials: stack_secrets.Secrets, port: int) -> str:
-    """The console as ``admin_users`` (RELOAD, PAUSE, RESUME)."""
+def supervisor_name(peer: Peer, processes: int) -> str:
+    """``pgbouncer`` for a single process, ``pgbouncer-N`` for process N of several."""
+    return NAME if processes == 1 else f"{NAME}-{peer.peer_id}"
+
+
+def is_pgbouncer(name: str) -> bool:
+    """Whether a supervised name is one of the stack's PgBouncer processes."""
+    return name == NAME or (name.startswith(f"{NAME}-") and name[len(NAME) + 1:].isdigit())
+
+
+def socket_accepts(socket_dir: str, port: int) -> bool:
+    """Whether the Unix socket of the process with ``socket_dir`` accepts connections."""
+    path = str(Path(socket_dir) / f".s.PGSQL.{port}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def admin_url(credentials: stack_secrets.Secrets, port: int, host: str = "127.0.0.1") -> str:
+    """The console as ``admin_users`` (RELOAD, PAUSE, RESUME); ``host`` may be a socket dir."""
     admin = credentials.pgbouncer_admin
-    return postgres_url(admin.user, admin.password, "127.0.0.1", port, "pgbouncer")
+    return postgres_url(admin.user, admin.password, host, port, "pgbouncer")
 
 
 def stats_url(credentials: stack_secrets.Secrets, port: int) -> str:
@@ -103,44 +135,112 @@ def paused_if_possible(
 
 
 class PgBouncer:
-    """PgBouncer under ``poolkit.supervisor``, pid file ``run/pgbouncer.pid``."""
+    """The stack's PgBouncer processes, each under ``poolkit.supervisor``.
 
-    def __init__(self, host: Host, pgbouncer: str):
+    One process: supervisor ``pgbouncer``, pid file ``run/pgbouncer.pid``. Several: supervisor
+    ``pgbouncer-N`` running ``conf/pgbouncer-N.ini``, with its own socket dir, pid and log file
+    (the rendered ``Peer`` data), all on the same port.
+    """
+
+    def __init__(self, host: Host, pgbouncer: str, peers: tuple[Peer, ...]):
         self.host = host
         self.paths = host.paths
         self.binary = pgbouncer
+        self.peers = peers
 
-    def child_pid(self) -> int | None:
-        return read_pid(self.paths.run / "pgbouncer.pid", "pgbouncer")
+    def name(self, peer: Peer) -> str:
+        return supervisor_name(peer, len(self.peers))
 
-    def start(self, port: int) -> int:
-        """Start the supervisor and wait until PgBouncer listens; return the supervisor's pid."""
-        command = [self.binary, "-q", str(self.paths.conf / "pgbouncer.ini")]
+    def child_pid(self, peer: Peer | None = None) -> int | None:
+        peer = peer or self.peers[0]
+        return read_pid(Path(peer.pidfile), "pgbouncer")
+
+    def running(self) -> dict[str, int]:
+        """Supervisor pids of the stack's PgBouncer processes that run, by supervised name."""
+        return {name: pid for name in self.paths.supervised()
+                if is_pgbouncer(name) and (pid := self.paths.supervisor(name))}  # fmt: skip
+
+    def _logs(self, peer: Peer) -> list[Path]:
+        return [Path(peer.logfile), self.paths.log / f"{self.name(peer)}.out.log"]
+
+    def start_one(self, peer: Peer, port: int) -> int:
+        """Start one process's supervisor and wait until it listens; return the supervisor pid."""
+        folder = Path(peer.socket_dir)
+        if folder != self.paths.run:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            own(folder, self.host.user)
+        command = [self.binary, "-q", str(self.paths.conf / peer.ini)]
         env = self.host.env(PYTHONPATH=python_path(self.host.user, PACKAGE_ROOT),
                             PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
-        pid = self.host.spawn_supervised(NAME, command, env, self.paths.root,
-                                         "--child-pidfile", str(self.paths.run / "pgbouncer.pid"),
+        pid = self.host.spawn_supervised(self.name(peer), command, env, self.paths.root,
+                                         "--child-pidfile", peer.pidfile,
                                          "--raise-nofile", "--stop-signal", "INT")  # fmt: skip
-        self.host.wait_listening(
-            "PgBouncer",
-            pid,
-            port,
-            [self.paths.log / "pgbouncer.log", self.paths.log / "pgbouncer.out.log"],
-        )
+        self.host.wait_listening("PgBouncer", pid, port, self._logs(peer))
+        if not wait_for(lambda: socket_accepts(peer.socket_dir, port), 15.0,
+                        lambda: pid_alive(pid, SUPERVISOR)):  # fmt: skip
+            terminate(pid, SUPERVISOR)
+            raise LocalError(f"PgBouncer process {peer.peer_id} does not accept on its socket "
+                             f"in {peer.socket_dir}", Path(peer.logfile))  # fmt: skip
         return pid
 
+    def start(self, port: int) -> list[int]:
+        """Start every process; return their supervisor pids."""
+        return [self.start_one(peer, port) for peer in self.peers]
+
     def reload(self, credentials: stack_secrets.Secrets, port: int) -> None:
-        """RELOAD on the console; SIGHUP when the console refuses (e.g. admin login changed)."""
-        try:
-            console.reload(admin_url(credentials, port))
-        except Exception as error:
-            bouncer = self.child_pid()
+        """RELOAD every process: SIGHUP each (several), or the console (one; SIGHUP if refused).
+
+        With several processes the TCP console reaches whichever process the kernel picks, so
+        each process is signalled by its pid instead.
+        """
+        if len(self.peers) == 1:
+            try:
+                console.reload(admin_url(credentials, port))
+                return
+            except Exception as error:
+                why = f"RELOAD failed ({type(error).__name__})"
+        else:
+            why = "RELOAD of several processes"
+        for peer in self.peers:
+            bouncer = self.child_pid(peer)
             if bouncer is None:
-                raise LocalError(
-                    f"RELOAD failed ({type(error).__name__}) and PgBouncer's pid is unknown",
-                    self.paths.log / "pgbouncer.log",
-                ) from None
+                raise LocalError(f"{why} and the pid of PgBouncer process {peer.peer_id} is "
+                                 "unknown", Path(peer.logfile)) from None  # fmt: skip
             os.kill(bouncer, signal.SIGHUP)
+
+    def rolling_restart(self, version: tuple[int, int], port: int,
+                        drain_timeout: float = DRAIN_TIMEOUT_S) -> list[str]:
+        """Restart the processes one at a time; the others keep serving the shared port.
+
+        Each process is asked to shut down gracefully (it stops accepting; the kernel sends new
+        connections to its peers; its clients finish and leave), its supervisor starts it again
+        on the current file, and the next one waits until it accepts on its socket.
+        """
+        done = []
+        for peer in self.peers:
+            old = self.child_pid(peer)
+            supervisor = self.paths.supervisor(self.name(peer))
+            if old is None or supervisor is None:
+                raise LocalError(f"PgBouncer process {peer.peer_id} is not running; run "
+                                 "`poolkit up` again to start it")  # fmt: skip
+            graceful = signal.SIGTERM if version >= GRACEFUL_SINCE else signal.SIGINT
+            started = time.monotonic()
+            os.kill(old, graceful)
+            if not wait_for(lambda: not pid_alive(old, "pgbouncer"), drain_timeout,  # noqa: B023
+                            lambda: True):  # fmt: skip
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(old, signal.SIGTERM)  # 1.23+: a second SIGTERM shuts down at once
+                wait_for(lambda: not pid_alive(old, "pgbouncer"), 5.0, lambda: True)  # noqa: B023
+            if not wait_for(
+                lambda: (self.child_pid(peer) or old) != old  # noqa: B023
+                and socket_accepts(peer.socket_dir, port),  # noqa: B023
+                15.0, lambda: pid_alive(supervisor, SUPERVISOR),  # noqa: B023
+            ):  # fmt: skip
+                raise LocalError(f"PgBouncer process {peer.peer_id} did not come back after its "
+                                 "restart", Path(peer.logfile))  # fmt: skip
+            done.append(f"restarted PgBouncer process {peer.peer_id} in "
+                        f"{time.monotonic() - started:.1f} s")
+        return done
 
     def converge(
         self,
@@ -153,6 +253,9 @@ class PgBouncer:
         journal: Journal,
     ) -> None:
         """Start, RELOAD or restart PgBouncer so that it runs the rendered files."""
+        if len(self.peers) > 1 or any(name != NAME for name in self.running()):
+            self._converge_processes(stack, version, credentials, changed, old, journal)
+            return
         progress, port = journal.progress, stack.pgbouncer.port
         ini_changed = "pgbouncer.ini" in changed
         keys = changed_keys(
@@ -177,3 +280,56 @@ class PgBouncer:
             with progress.step(f"reloading PgBouncer (RELOAD: {what} changed)"):
                 self.reload(credentials, old.pgbouncer_port if old else port)
             journal.actions.append(f"reloaded PgBouncer ({what}); clients stay connected")
+
+    def _converge_processes(
+        self,
+        stack: StackConfig,
+        version: str,
+        credentials: stack_secrets.Secrets,
+        changed: dict[str, str],
+        old: StackState | None,
+        journal: Journal,
+    ) -> None:
+        """Several processes (or a change of their number): start, RELOAD, or roll."""
+        progress, port = journal.progress, stack.pgbouncer.port
+        wanted = {self.name(peer) for peer in self.peers}
+        running = self.running()
+        if set(running) - wanted:  # the number of processes changed: a new set on the port
+            with progress.step(f"stopping {len(running)} PgBouncer process(es) to run "
+                               f"{len(self.peers)}"):  # fmt: skip
+                for pid in running.values():
+                    terminate(pid, SUPERVISOR)
+            journal.actions.append(f"stopped PgBouncer ({len(running)} process(es)): the number "
+                                   f"of processes is now {len(self.peers)}")  # fmt: skip
+            running = {}
+        missing = [peer for peer in self.peers if self.name(peer) not in running]
+        for peer in missing:
+            with progress.step(f"starting PgBouncer {version} process {peer.peer_id} of "
+                               f"{len(self.peers)} on 127.0.0.1:{port} (so_reuseport, "
+                               "supervised)"):  # fmt: skip
+                new_pid = self.start_one(peer, port)
+            journal.undo.append(lambda pid=new_pid: terminate(pid, SUPERVISOR))
+            journal.actions.append(f"started PgBouncer process {peer.peer_id} on port {port}")
+        if missing and len(missing) < len(self.peers):
+            self.reload(credentials, port)  # the others learn their new [peers]
+        present = [peer for peer in self.peers if self.name(peer) in running]
+        files = [peer.ini for peer in present if peer.ini in changed]
+        if not present or not (files or "userlist.txt" in changed):
+            return
+        keys = sorted({key for peer in present if peer.ini in changed
+                       for key in changed_keys(ini_settings(changed[peer.ini]),
+                                               ini_settings(self._current(peer)))})  # fmt: skip
+        if RESTART_KEYS & set(keys):
+            with progress.step(f"restarting {len(present)} PgBouncer processes one at a time "
+                               f"({', '.join(keys)} need a restart)"):  # fmt: skip
+                rolled = self.rolling_restart(stack.pgbouncer.version_tuple, port)
+            journal.actions.append("; ".join(rolled))
+            return
+        what = ", ".join(keys) or "userlist.txt"
+        with progress.step(f"reloading {len(present)} PgBouncer processes ({what} changed)"):
+            self.reload(credentials, old.pgbouncer_port if old else port)
+        journal.actions.append(f"reloaded PgBouncer ({what}); clients stay connected")
+
+    def _current(self, peer: Peer) -> str:
+        path = self.paths.conf / peer.ini
+        return path.read_text() if path.exists() else ""

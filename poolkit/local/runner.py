@@ -6,17 +6,18 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poolkit import console, node_apps
+from poolkit import console, external, node_apps
 from poolkit import secrets as stack_secrets
-from poolkit.config import StackConfig
+from poolkit.config import NAMESPACE, ConfigError, Problem, StackConfig
 from poolkit.layouts import local_layout
 from poolkit.local import apps, files
+from poolkit.local import external as local_external
 from poolkit.local.apps import Replica
 from poolkit.local.errors import LocalError
 from poolkit.local.host import Host
@@ -28,13 +29,21 @@ from poolkit.local.machine import (
     require_prepared_statements,
     service_user,
 )
-from poolkit.local.pgbouncer import PgBouncer, admin_url, paused_if_possible, stats_url
+from poolkit.local.pgbouncer import (
+    PgBouncer,
+    admin_url,
+    is_pgbouncer,
+    paused_if_possible,
+    stats_url,
+)
 from poolkit.local.postgres import Postgres, wait_for_orphans
 from poolkit.local.processes import port_in_use, port_listening, process_user, read_pid, terminate
 from poolkit.local.progress import Journal, Progress
 from poolkit.local.state import SUPERVISOR, Paths, StackState
-from poolkit.render import render_all
+from poolkit.peering import Peer
+from poolkit.render import pgbouncer_peers, render_all
 from poolkit.sizing import Plan, plan
+from poolkit.split import PEERING_SINCE
 
 PAUSE_TIMEOUT_S = 5.0
 """How long `up` lets PAUSE wait for running transactions before a Postgres restart."""
@@ -67,6 +76,14 @@ def installed_stack(stack: StackConfig, tools: Tools, progress: Progress) -> Sta
         progress.note(f"using the installed PostgreSQL {tools.pg_version} and PgBouncer "
                       f"{tools.pgbouncer_version} (the stack declares {declared[0]} and "
                       f"{declared[1]})")  # fmt: skip
+    if (stack.pgbouncer.processes or 1) > 1 and stack.pgbouncer.version_tuple < PEERING_SINCE:
+        raise ConfigError([Problem(
+            f"{NAMESPACE}:pgbouncer.processes", stack.pgbouncer.processes,
+            f"needs PgBouncer 1.19 or newer to peer the processes, and this machine has "
+            f"{tools.pgbouncer_version} ({tools.pgbouncer})",
+            "run ./scripts/bootstrap (it builds PgBouncer 1.24), point POOLKIT_PGBOUNCER at a "
+            "1.19+ binary, or set processes: 1",
+        )])  # fmt: skip
     if stack.pgbouncer.max_prepared_statements and stack.pgbouncer.version_tuple < (1, 21):
         progress.warn(f"max_prepared_statements is ignored: PgBouncer "
                       f"{tools.pgbouncer_version} does not support it")  # fmt: skip
@@ -97,7 +114,9 @@ class Runner:
         notes: list[str] = []
         wait_for_orphans(self.paths, notes)
         postgres = self.paths.postgres_pid(notes)
-        bouncer = self.paths.supervisor("pgbouncer", notes)
+        bouncers = [pid for name in self.paths.supervised() if is_pgbouncer(name)
+                    and (pid := self.paths.supervisor(name, notes))]  # fmt: skip
+        bouncer = bouncers[0] if bouncers else None
         running_apps = {n: p for n in self.paths.supervised() if n.startswith("app-")
                         and (p := self.paths.supervisor(n, notes))}  # fmt: skip
         read_pid(self.paths.run / "pgbouncer.pid", "pgbouncer", notes if not bouncer else None)
@@ -125,10 +144,14 @@ class Runner:
         stack = installed_stack(stack, tools, progress)
         the_plan = plan(stack)
         credentials = stack_secrets.resolve(stack, user.name, stack_secrets.load(paths.secrets))
-        rendered = render_all(
-            stack, the_plan, credentials, local_layout(stack, paths.root, user.name)
-        )
-        self._check_data_version(stack, tools)
+        admin_password = None
+        if stack.postgres.external:  # checked before anything is created
+            admin_password = stack_secrets.external_admin_password(stack)
+            external.check(stack, the_plan, admin_password)
+        layout = local_layout(stack, paths.root, user.name)
+        rendered = render_all(stack, the_plan, credentials, layout)
+        if not stack.postgres.external:
+            self._check_data_version(stack, tools)
         replicas = apps.replicas(the_plan, rendered)
         node_missing = node_apps.unavailable_reason(project_root) if any(
             r.runtime == "node" for r in replicas) else None  # fmt: skip
@@ -150,16 +173,23 @@ class Runner:
         journal = Journal(progress, result.actions)
         host = Host(paths, tools.pgbin, user)
         try:
-            paths.mkdirs(user)
+            paths.mkdirs(user, data=not stack.postgres.external)
             stack_secrets.save(paths.secrets, credentials)
             changed = files.write_conf(paths.conf, rendered, user)
             rotated = stack.uses_tls and files.ensure_tls(paths.conf, user, stack)
-            recorded = self._state(stack, tools, user, replicas, project_root, old)
+            recorded = self._state(stack, tools, user, replicas, project_root, old,
+                                   pgbouncer_peers(the_plan, layout))
             paths.save_state(recorded)
-            Postgres(host).converge(stack, tools.pg_version, project_root, credentials.superuser,
-                                    changed, now.postgres, journal,
-                                    self._pause_for_restart(now, old, credentials))  # fmt: skip
-            PgBouncer(host, str(tools.pgbouncer)).converge(
+            if stack.postgres.external:
+                assert admin_password is not None
+                local_external.converge(stack, host, admin_password, changed,
+                                        bool(old and old.external_applied), journal)  # fmt: skip
+                paths.save_state(dataclasses.replace(recorded, external_applied=True))
+            else:
+                Postgres(host).converge(stack, tools.pg_version, project_root,
+                                        credentials.superuser, changed, now.postgres, journal,
+                                        self._pause_for_restart(now, old, credentials))  # fmt: skip
+            PgBouncer(host, str(tools.pgbouncer), pgbouncer_peers(the_plan, layout)).converge(
                 stack, tools.pgbouncer_version, credentials, changed, now.pgbouncer, old, journal
             )
             if rotated:
@@ -194,10 +224,22 @@ class Runner:
         """PAUSE on the running PgBouncer around a Postgres restart, so no client is dropped."""
         if not (now.pgbouncer and old):
             return contextlib.nullcontext
-        admin = admin_url(credentials, old.pgbouncer_port)
-        database = old.database
-        return lambda: paused_if_possible(admin, database, PAUSE_TIMEOUT_S,
-                                          self.progress.warn)  # fmt: skip
+        port, database = old.pgbouncer_port, old.database
+        running = old.peers()
+        # Several processes: each is PAUSEd through its own socket (TCP reaches any one of them).
+        admins = [admin_url(credentials, port)] if len(running) <= 1 else [
+            admin_url(credentials, port, peer.socket_dir) for peer in running
+        ]  # fmt: skip
+
+        @contextlib.contextmanager
+        def paused_all() -> Iterator[None]:
+            with contextlib.ExitStack() as stack:
+                for admin in admins:
+                    stack.enter_context(paused_if_possible(admin, database, PAUSE_TIMEOUT_S,
+                                                           self.progress.warn))  # fmt: skip
+                yield
+
+        return paused_all
 
     def _check_data_version(self, stack: StackConfig, tools: Tools) -> None:
         pg_version_file = self.paths.data / "PG_VERSION"
@@ -217,7 +259,9 @@ class Runner:
         """Every port a process of ours will newly bind must be free, checked up front."""
         old_apps = old.app_records() if old else {}
         wanted = []
-        if not (now.postgres and old and old.postgres_port == stack.postgres.port):
+        if stack.postgres.external:
+            pass  # no Postgres runs here
+        elif not (now.postgres and old and old.postgres_port == stack.postgres.port):
             wanted.append((stack.postgres.port, "poolkit:postgres.port"))
         if not (now.pgbouncer and old and old.pgbouncer_port == stack.pgbouncer.port):
             wanted.append((stack.pgbouncer.port, "poolkit:pgbouncer.port"))
@@ -242,6 +286,7 @@ class Runner:
         replicas: list[Replica],
         project_root: Path,
         old: StackState | None,
+        peers_of: tuple[Peer, ...],
     ) -> StackState:
         return StackState(
             stack=stack.stack, user=user.name, pgbin=str(tools.pgbin), pg_major=tools.pg_major,
@@ -250,7 +295,29 @@ class Runner:
             database=stack.database.name, app_user=stack.database.app_user,
             project_root=str(project_root), apps=[r.record() for r in replicas],
             env_files=old.env_files if old else [],
+            pgbouncer_peers=[dataclasses.asdict(peer) for peer in peers_of],
+            external_applied=bool(old and old.external_applied),
         )  # fmt: skip
+
+    # -- rolling restart --
+
+    def restart_pgbouncer(self) -> list[str]:
+        """Restart the PgBouncer processes one at a time (the others keep the port served)."""
+        with self.paths.lock():
+            state = self.paths.load_state()
+            recorded = state.peers() if state else ()
+            if not state or not recorded or not any(
+                is_pgbouncer(n) and self.paths.supervisor(n) for n in self.paths.supervised()
+            ):
+                raise LocalError("PgBouncer is not running: run poolkit up first")
+            host = Host(self.paths, Path(state.pgbin), service_user())
+            bouncer = PgBouncer(host, state.pgbouncer, recorded)
+            major, minor = state.pgbouncer_version.split(".")[:2]
+            done = bouncer.rolling_restart((int(major), int(minor)), state.pgbouncer_port)
+        if len(recorded) == 1:
+            done.append("one process only: new connections were refused while it restarted "
+                        "(poolkit:pgbouncer.processes 2+ keeps the port served)")  # fmt: skip
+        return done
 
     # -- down / status --
 
@@ -265,7 +332,7 @@ class Runner:
         state = self.paths.load_state()
         if self.paths.run.is_dir():
             # Apps first (they hold pooled connections), then PgBouncer, then Postgres.
-            for name in sorted(self.paths.supervised(), key=lambda n: n == "pgbouncer"):
+            for name in sorted(self.paths.supervised(), key=is_pgbouncer):
                 pid = self.paths.supervisor(name)
                 if pid:
                     with self.progress.step(f"stopping {name}"):
@@ -299,9 +366,12 @@ class Runner:
             })  # fmt: skip
 
         entry("postgres", self.paths.postgres_pid(), state.postgres_port if state else None)
-        bouncer = self.paths.supervisor("pgbouncer")
-        child = read_pid(self.paths.run / "pgbouncer.pid", "pgbouncer") if bouncer else None
-        entry("pgbouncer", bouncer, state.pgbouncer_port if state else None, child)
+        bouncer = None
+        for name in [n for n in self.paths.supervised() if is_pgbouncer(n)] or ["pgbouncer"]:
+            pid = self.paths.supervisor(name)
+            bouncer = bouncer or pid
+            child = read_pid(self.paths.run / f"{name}.pid", "pgbouncer") if pid else None
+            entry(name, pid, state.pgbouncer_port if state else None, child)
         for app in state.apps if state else []:
             entry(app["key"], self.paths.supervisor(app["key"]), app["port"])
         pools: list[dict[str, Any]] = []

@@ -14,6 +14,7 @@ from typing import Any
 from poolkit.local.errors import LocalError
 from poolkit.local.machine import ServiceUser, own
 from poolkit.local.processes import read_pid
+from poolkit.peering import Peer
 
 POSTGRES_PID = "postmaster.pid"
 SUPERVISOR = "poolkit.supervisor"
@@ -44,6 +45,14 @@ class StackState:
     """``Replica.record()`` of each sample-app replica."""
     env_files: list[str] = field(default_factory=list)
     """Every .env file ``up`` wrote (``down --purge`` deletes them)."""
+    pgbouncer_peers: list[dict[str, Any]] = field(default_factory=list)
+    """``Peer`` of each PgBouncer process, as a dict (``peers()`` gives them back)."""
+    external_applied: bool = False
+    """Whether the external Postgres got the kit's roles and functions (bring your own)."""
+
+    def peers(self) -> tuple[Peer, ...]:
+        """The PgBouncer processes ``up`` started."""
+        return tuple(Peer(**peer) for peer in self.pgbouncer_peers)
 
     def app_records(self) -> dict[str, dict[str, Any]]:
         """The apps' records by replica key (``app-<name>-<index>``)."""
@@ -93,10 +102,11 @@ class Paths:
     def supervisor_pid(self, name: str) -> Path:
         return self.run / f"{name}.supervisor.pid"
 
-    def mkdirs(self, user: ServiceUser) -> None:
-        """The state dir and its private folders, owned by the service user."""
+    def mkdirs(self, user: ServiceUser, *, data: bool = True) -> None:
+        """The state dir and its private folders, owned by the service user (``data=False``:
+        no data directory, for an external Postgres)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for folder in (self.data, self.conf, self.run, self.log):
+        for folder in (self.data, self.conf, self.run, self.log)[0 if data else 1 :]:
             folder.mkdir(mode=0o700, exist_ok=True)
             folder.chmod(0o700)
             own(folder, user)

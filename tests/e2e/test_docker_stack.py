@@ -33,6 +33,7 @@ from tests.drivers import harness
 from tests.infra.docker_facts import container_facts
 from tests.pulumi.harness import PROJECT
 
+from . import multi_pooler
 from .conftest import FIGURES
 from .engine_mocks import RUN_LABEL
 from .stack import LAMBDA_APP, WORKERS_APP, E2EStack, bring_up, new_stack, write_timings
@@ -329,6 +330,35 @@ def test_parallel_hash_join_past_64mb_of_shared_memory_succeeds(stack: E2EStack)
     # One batch: the whole shared table in memory at once, larger than 64MB (kB here).
     assert hashed["Parallel Aware"] and hashed["Hash Batches"] == 1, hashed
     assert hashed["Peak Memory Usage"] > DOCKER_DEFAULT_SHM_KB, hashed
+
+
+@pytest.fixture(scope="module")
+def pooler(stack: E2EStack) -> Iterator[dict[str, Any]]:
+    """The stack's PgBouncer image running 2 peered processes (tests/e2e/multi_pooler.py)."""
+    with multi_pooler.multi_process_pooler(stack) as running:
+        yield running
+
+
+def test_two_processes_serve_one_port_and_a_burst_stays_within_their_budget(
+    stack: E2EStack, pooler: dict[str, Any]
+) -> None:
+    assert sorted(multi_pooler.pgbouncer_pids(pooler["container"])) == [
+        "pgbouncer-1.ini", "pgbouncer-2.ini"]  # fmt: skip
+    peak, errors = multi_pooler.burst(stack, pooler)
+    FIGURES["2 PgBouncer processes in one container"] = {
+        "clients": multi_pooler.BURST_CLIENTS, "peak_backends": peak, "budget": pooler["budget"]}
+    assert not errors, errors
+    assert 1 <= peak <= pooler["budget"]
+
+
+def test_one_process_restarted_on_its_own_costs_no_client_an_error(
+    pooler: dict[str, Any],
+) -> None:
+    before, after, outcomes = multi_pooler.restart_one(pooler)
+    assert after["pgbouncer-1.ini"] != before["pgbouncer-1.ini"], "process 1 was restarted"
+    assert after["pgbouncer-2.ini"] == before["pgbouncer-2.ini"], "process 2 kept running"
+    errors = {what: n for what, n in outcomes.items() if what.startswith("error")}
+    assert outcomes["ok"] > 50 and not errors, outcomes
 
 
 def test_teardown_removes_everything_labelled_with_the_run(stack: E2EStack) -> None:

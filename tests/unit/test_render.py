@@ -193,7 +193,7 @@ def test_awkward_password_stays_on_one_line_everywhere() -> None:
     config = stack()
     files = render_all(config, plan(config), secrets(app_password=awkward), docker_layout(config))
     env_lines = [line for line in files[".env"].splitlines() if "=" in line and line[0] != "#"]
-    assert len(env_lines) == 7
+    assert len(env_lines) == 9
     assert all(awkward not in text for text in files.values())
 
 

@@ -1,0 +1,188 @@
+"""Several PgBouncer processes on one port, for real: the budget holds, cancels cross, restarts
+roll.
+
+Each stack runs N peered PgBouncer processes (so_reuseport) in front of one real Postgres. The
+checks: a burst of 1,000+ short-lived clients stays within the plan's server budget with no
+error; a cancel request delivered to the *other* process cancels the query; a rolling restart
+under load loses no client.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from poolkit import console
+from poolkit.local import detect_tools
+from poolkit.split import PEERING_SINCE
+from tests.conftest import LocalStack, start_local_stack, stop_local_stack
+
+pytestmark = pytest.mark.integration
+
+BURST_CLIENTS = 1000
+CLIENT_THREADS = 100
+
+
+def _peering_pgbouncer() -> str | None:
+    """Why these tests cannot run here, or None."""
+    tools = detect_tools()
+    version = tuple(int(x) for x in tools.pgbouncer_version.split(".")[:2])
+    if version < PEERING_SINCE:
+        return (f"PgBouncer {tools.pgbouncer_version} at {tools.pgbouncer} cannot peer processes "
+                "(1.19+); ./scripts/bootstrap builds 1.24 (or set POOLKIT_PGBOUNCER)")
+    return None
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2-processes", "3-processes"])
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    why = _peering_pgbouncer()
+    if why:
+        pytest.skip(why)
+    processes = request.param
+    started = start_local_stack(
+        f"poolkit-p{processes}-", f"procs{processes}", with_apps=False,
+        pgbouncer={"processes": processes, "default_pool_size": 6, "reserve_pool_size": 2},
+    )  # fmt: skip
+    try:
+        yield started
+    finally:
+        stop_local_stack(started)
+
+
+def _processes(stack: LocalStack) -> int:
+    return int(stack.env()["PGBOUNCER_PROCESSES"])
+
+
+def _socket_dir(stack: LocalStack, peer_id: int) -> Path:
+    return stack.state_dir / "run" / f"pgbouncer-{peer_id}"
+
+
+def _child_pid(stack: LocalStack, peer_id: int) -> int:
+    return int((stack.state_dir / "run" / f"pgbouncer-{peer_id}.pid").read_text().strip())
+
+
+def _pooled_kwargs(stack: LocalStack) -> dict[str, object]:
+    return {"prepare_threshold": None, "connect_timeout": 10}
+
+
+def test_every_process_runs_its_own_file_on_the_shared_port(stack: LocalStack) -> None:
+    processes = _processes(stack)
+    assert processes >= 2
+    stats = stack.env()["PGBOUNCER_STATS_URL"]
+    params = conninfo_to_dict(stats)
+    seen_peer_ids = set()
+    for peer_id in range(1, processes + 1):
+        url = psycopg.conninfo.make_conninfo(stats, host=str(_socket_dir(stack, peer_id)))
+        config = console.config(url)
+        assert config["listen_port"] == str(stack.pgbouncer_port)
+        assert config["so_reuseport"] == "1"
+        seen_peer_ids.add(config["peer_id"])
+        assert os.path.exists(f"/proc/{_child_pid(stack, peer_id)}")
+    assert seen_peer_ids == {str(n) for n in range(1, processes + 1)}
+    assert params["port"] == str(stack.pgbouncer_port)
+
+
+def test_burst_of_short_lived_clients_stays_within_the_budget(stack: LocalStack) -> None:
+    env = stack.env()
+    budget = int(env["PGBOUNCER_SERVER_BUDGET"])
+    pooled, direct = env["POOLED_DATABASE_URL"], env["DIRECT_URL"]
+    app_user = conninfo_to_dict(pooled)["user"]
+    stop, peak, errors = threading.Event(), [0], Counter[str]()
+
+    def sample() -> None:
+        with psycopg.connect(direct, autocommit=True) as conn:
+            while not stop.is_set():
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                                   (app_user,)).fetchone()  # fmt: skip
+                peak[0] = max(peak[0], row[0] if row else 0)
+                time.sleep(0.02)
+
+    def client(i: int) -> None:
+        try:
+            with psycopg.connect(pooled, **_pooled_kwargs(stack)) as conn:  # type: ignore[arg-type]
+                row = conn.execute("SELECT %s::int FROM pg_sleep(0.02)", (i,)).fetchone()
+                assert row == (i,)
+        except Exception as error:  # counted, shown below
+            errors[type(error).__name__] += 1
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(client, range(BURST_CLIENTS)))
+    took = time.monotonic() - started
+    stop.set()
+    sampler.join(5)
+    print(f"{_processes(stack)} processes: {BURST_CLIENTS} clients in {took:.1f} s, "
+          f"peak {peak[0]} backends of {app_user} (budget {budget}), errors {dict(errors)}")
+    assert not errors
+    assert 1 <= peak[0] <= budget
+
+
+def test_cancel_delivered_to_another_process_cancels_the_query(stack: LocalStack) -> None:
+    """The client runs on process 1; its cancel request reaches process 2, which forwards it.
+
+    libpq sends a cancel to the address it connected to: the client connects through a
+    symlink to process 1's socket dir, and the symlink is turned to process 2's before the
+    cancel, so the cancel provably lands on the other process.
+    """
+    pooled = stack.env()["POOLED_DATABASE_URL"]
+    link = stack.base / "cancel-via"
+    link.symlink_to(_socket_dir(stack, 1))
+    try:
+        url = psycopg.conninfo.make_conninfo(pooled, host=str(link))
+        with psycopg.connect(url, autocommit=True, **_pooled_kwargs(stack)) as conn:  # type: ignore[arg-type]
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            link.unlink()
+            link.symlink_to(_socket_dir(stack, 2))
+            timer = threading.Timer(0.5, conn.cancel)
+            timer.start()
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(20)")
+            took = time.monotonic() - started
+            timer.join()
+            assert took < 10, f"the cancel took {took:.1f} s"
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        link.unlink(missing_ok=True)
+
+
+def test_rolling_restart_under_load_loses_no_client(stack: LocalStack) -> None:
+    env = stack.env()
+    pooled = env["POOLED_DATABASE_URL"]
+    before = {peer: _child_pid(stack, peer) for peer in range(1, _processes(stack) + 1)}
+    stop, done, errors = threading.Event(), Counter[str](), Counter[str]()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                with psycopg.connect(pooled, **_pooled_kwargs(stack)) as conn:  # type: ignore[arg-type]
+                    conn.execute("SELECT pg_sleep(0.01)")
+                done["ok"] += 1
+            except Exception as error:
+                errors[f"{type(error).__name__}: {str(error).strip()[:80]}"] += 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    restarted = stack.poolkit("restart")
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    after = {peer: _child_pid(stack, peer) for peer in before}
+    print(restarted.stdout, f"clients ok {done['ok']}, errors {dict(errors)}")
+    assert all(after[peer] != before[peer] for peer in before), (before, after)
+    assert done["ok"] > 100
+    assert not errors
