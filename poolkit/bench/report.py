@@ -54,6 +54,15 @@ def summarise(results: dict[str, Any], the_plan: Plan, app_user: str) -> dict[st
         {"goal": "burst: direct shows the failure (errors > 0)", "figure": direct_errors,
          "met": bool(direct_errors)},
     ]  # fmt: skip
+    for mode, by_arm in results.get("processes", {}).items():
+        floor = GOALS["persistent_vs_direct" if mode == "persistent" else "connect_storm_vs_direct"]
+        for arm, figures in by_arm.items():
+            if arm == "direct":
+                continue
+            name = f"{mode}_{arm}_processes_vs_direct"
+            ratios[name] = ratio(figures["tps"], by_arm["direct"]["tps"])
+            goals.append(_goal(f"{mode}: {arm} PgBouncer process(es) >= {floor}x direct tps",
+                               ratios[name], floor))  # fmt: skip
     return {"ratios": ratios, "goals": goals}
 
 
@@ -93,6 +102,12 @@ def report_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"so_reuseport at {n} iterations: "
                      + ", ".join(f"{p} process(es) {f['tps']} tps"
                                  for p, f in by_processes.items()))  # fmt: skip
+    for mode, by_arm in results.get("processes", {}).items():
+        direct = by_arm["direct"]["tps"]
+        lines.append(f"{mode} through N PgBouncer processes (so_reuseport): direct {direct} tps, "
+                     + ", ".join(f"{arm} process(es) {f['tps']} tps ({ratio(f['tps'], direct)}x, "
+                                 f"PgBouncer CPU {f['cpu_ms_per_transaction']['pgbouncer']} ms/tx)"
+                                 for arm, f in by_arm.items() if arm != "direct"))  # fmt: skip
     for name, value in results["summary"]["ratios"].items():
         lines.append(f"ratio {name}: {value}")
     for goal in results["summary"]["goals"]:

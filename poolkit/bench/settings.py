@@ -47,14 +47,16 @@ class Settings:
     scram_iterations: tuple[int, ...]
     reuseport_processes: tuple[int, ...]
     reuseport_iterations: tuple[int, ...]
+    pooler_processes: tuple[int, ...]
+    """PgBouncer process counts of the processes measurement (empty: skipped)."""
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
         if quick:
             return cls(True, 1, 2, burst.BurstSpec(instances=1000, zombies=BURST_ZOMBIES,
                                                    duration_s=3.0, ramp_s=1.0),
-                       (STOCK_ITERATIONS, LOW_ITERATIONS), (), ())  # fmt: skip
+                       (STOCK_ITERATIONS, LOW_ITERATIONS), (), (), ())  # fmt: skip
         return cls(False, 3, 10, burst.BurstSpec(instances=1000, zombies=BURST_ZOMBIES,
                                                  duration_s=10.0, ramp_s=1.0),
                    (STOCK_ITERATIONS, 1024, LOW_ITERATIONS, 64), (2, 3),
-                   (STOCK_ITERATIONS, LOW_ITERATIONS))  # fmt: skip
+                   (STOCK_ITERATIONS, LOW_ITERATIONS), (1, 2, 3))  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from poolkit import secrets as stack_secrets
-from poolkit.bench import bursts, reuseport, scram, storm
+from poolkit.bench import bursts, processes, reuseport, scram, storm
 from poolkit.bench.context import Bench
 from poolkit.bench.pgbench import pgbench_init
 from poolkit.bench.report import summarise
@@ -65,6 +65,8 @@ def measure_all(bench: Bench) -> dict[str, Any]:
         bench.scratch.stop(naive)
     results["scram"] = scram.measure(bench)
     results["reuseport"] = reuseport.measure(bench, results["scram"])
+    if bench.settings.pooler_processes:
+        results["processes"] = processes.measure(bench)
     return results
 
 

@@ -189,11 +189,12 @@ class Runner:
                 Postgres(host).converge(stack, tools.pg_version, project_root,
                                         credentials.superuser, changed, now.postgres, journal,
                                         self._pause_for_restart(now, old, credentials))  # fmt: skip
-            PgBouncer(host, str(tools.pgbouncer), pgbouncer_peers(the_plan, layout)).converge(
+            bouncer = PgBouncer(host, str(tools.pgbouncer), pgbouncer_peers(the_plan, layout))
+            bouncer.converge(
                 stack, tools.pgbouncer_version, credentials, changed, now.pgbouncer, old, journal
             )
             if rotated:
-                self._reload_certificates(host, stack, credentials, journal)
+                self._reload_certificates(host, bouncer, stack, credentials, journal)
             old_apps = old.app_records() if old else {}
             apps.converge(host, project_root, replicas, now.apps, old_apps, changed, journal)
         except BaseException:
@@ -208,14 +209,15 @@ class Runner:
         return result
 
     def _reload_certificates(
-        self, host: Host, stack: StackConfig, credentials: stack_secrets.Secrets,
-        journal: Journal,
+        self, host: Host, bouncer: PgBouncer, stack: StackConfig,
+        credentials: stack_secrets.Secrets, journal: Journal,
     ) -> None:
         """A re-issued certificate: Postgres and PgBouncer read it on reload; clients stay
         connected and new connections get it (same CA, so they keep verifying)."""
         with self.progress.step("reloading Postgres and PgBouncer (new TLS certificate)"):
-            Postgres(host).reload()
-            PgBouncer(host, "").reload(credentials, stack.pgbouncer.port)
+            if not stack.postgres.external:
+                Postgres(host).reload()
+            bouncer.reload(credentials, stack.pgbouncer.port)
         journal.actions.append("re-issued the TLS server certificate (same CA) and reloaded")
 
     def _pause_for_restart(
