@@ -25,21 +25,22 @@ def is_dynamic(typ: str) -> bool:
     return typ.startswith(DYNAMIC_PREFIX)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """The value with Pulumi's secret wrappers removed, recursively."""
     value = rpc.unwrap_rpc_secret(value)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
 def _provider(inputs: dict[str, Any]) -> Any:
-    return dill.loads(base64.b64decode(_plain(inputs[PROVIDER_KEY])))
+    return dill.loads(base64.b64decode(plain(inputs[PROVIDER_KEY])))
 
 
 def _props(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in _plain(values).items() if k != PROVIDER_KEY}
+    return {k: v for k, v in plain(values).items() if k != PROVIDER_KEY}
 
 
 def changed(resource_id: str, inputs: dict[str, Any], stored: dict[str, Any]) -> bool:

@@ -91,7 +91,6 @@ import docker
 import pulumi
 from docker.errors import BuildError, DockerException
 from docker.utils.build import exclude_paths
-from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
 from tests import dynamic_resources
@@ -182,16 +181,6 @@ def parse_duration(text: str) -> int:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"bad duration {text!r}: use forms like 2s, 500ms, 1m30s")
     return int(sum(float(n) * _NANOS[u] for n, u in parts))
-
-
-def _plain(value: Any) -> Any:
-    """The value with Pulumi's secret wrappers removed, recursively."""
-    value = rpc.unwrap_rpc_secret(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _unset(value: Any) -> bool:
@@ -367,7 +356,7 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         """Create, keep, update or replace the resource, as the provider would."""
         key = (args.typ, args.name)
         self.seen.add(key)
-        inputs = _plain(args.inputs)
+        inputs = dynamic_resources.plain(args.inputs)
         _check_inputs(args.typ, args.name, inputs)
         old = self.state.get(key)
         digest = self._digest(inputs) if args.typ == IMAGE else ""
