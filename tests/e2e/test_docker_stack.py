@@ -345,8 +345,8 @@ def test_two_processes_serve_one_port_and_a_burst_stays_within_their_budget(
     assert sorted(multi_pooler.pgbouncer_pids(pooler["container"])) == [
         "pgbouncer-1.ini", "pgbouncer-2.ini"]  # fmt: skip
     peak, errors = multi_pooler.burst(stack, pooler)
-    FIGURES["2 PgBouncer processes in one container"] = {
-        "clients": multi_pooler.BURST_CLIENTS, "peak_backends": peak, "budget": pooler["budget"]}
+    print(f"2 PgBouncer processes in one container: {multi_pooler.BURST_CLIENTS} clients, "
+          f"peak {peak} backends of budget {pooler['budget']}")  # FIGURES holds seconds only
     assert not errors, errors
     assert 1 <= peak <= pooler["budget"]
 
