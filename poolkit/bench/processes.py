@@ -9,7 +9,7 @@ from typing import Any
 from poolkit.bench.context import Bench
 from poolkit.bench.medians import median_run
 from poolkit.bench.pgbench import PgbenchRun
-from poolkit.bench.settings import STOCK_ITERATIONS
+from poolkit.bench.settings import LOW_ITERATIONS
 
 MODES = {"persistent": False, "connect_storm": True}
 """Result key -> pgbench ``-C`` (a new connection per transaction)."""
@@ -28,7 +28,7 @@ def measure(bench: Bench) -> dict[str, Any]:
             runs[mode]["direct"].append(run)
             bench.say(f"{mode} direct run {rep + 1}/{s.repeats}: {run.summary()}")
         for processes in s.pooler_processes:
-            bouncer = bench.start_kit(STOCK_ITERATIONS, processes)
+            bouncer = bench.start_kit(LOW_ITERATIONS, processes)  # the count the kit ships
             try:
                 for mode, connect_each in MODES.items():
                     run = bench.pgbench(bench.migrator_url(bouncer.port),
