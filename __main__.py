@@ -1,8 +1,9 @@
-"""poolkit's Pulumi program: stack config -> validated model and plan -> Environment -> outputs.
+"""poolkit's Pulumi program: stack config -> validated model and plan -> a target -> outputs.
 
 It computes nothing itself: ``components.stack_config`` validates and sizes the stack with the
 core model (before any resource exists, so an invalid stack fails with nothing registered), and
-the components in ``components/`` turn the rendered files into pulumi_docker resources.
+the components in ``components/`` turn the rendered files into resources of the stack's target
+(``poolkit:target``): pulumi_docker (``docker``, the default) or pulumi_kubernetes.
 """
 
 from __future__ import annotations
@@ -10,37 +11,61 @@ from __future__ import annotations
 import pulumi
 
 from components import Environment, EnvironmentArgs
+from components.kubernetes import KubernetesEnvironment, KubernetesEnvironmentArgs
 from components.stack_config import given_tls, load_stack
-from poolkit.config import NAMESPACE
-from poolkit.layouts import docker_layout
+from poolkit.config import NAMESPACE, StackConfig
+from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout
 from poolkit.outputs import Outputs
+from poolkit.sizing import Plan
+
+
+def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None:
+    environment = Environment(NAMESPACE, EnvironmentArgs(
+        stack=stack,
+        plan=plan,
+        app_password=config.get_secret("app_password"),
+        migrator_password=config.get_secret("migrator_password"),
+        given_tls=given_tls(stack, config),
+    ))  # fmt: skip
+    pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
+    pulumi.export(Outputs.POOLED_URL, environment.pooled_url)
+    pulumi.export(Outputs.POOLED_LIBPQ_URL, environment.pooled_libpq_url)
+    pulumi.export(Outputs.ENV_FILE, environment.env_file)
+    pulumi.export(Outputs.NETWORK_ENV_FILE, environment.network_env_file)
+    pulumi.export(Outputs.POSTGRES_PORT, environment.postgres.published_port)
+    pulumi.export(Outputs.PGBOUNCER_PORT, environment.pgbouncer.published_port)
+    pulumi.export(Outputs.APP_PORTS,
+                  {app.app_name: app.published_ports for app in environment.apps})
+    pulumi.export(Outputs.VERSIONS, environment.versions)
+    pulumi.export(Outputs.PLAN, plan.as_dict())
+    pulumi.export(Outputs.CONTAINERS, {
+        "postgres": environment.postgres.container_name,
+        "pgbouncer": environment.pgbouncer.container_name,
+        "apps": {app.app_name: app.container_names for app in environment.apps},
+    })  # fmt: skip
+    pulumi.export(Outputs.NETWORK, environment.network.name)
+    pulumi.export(Outputs.TLS_CA, environment.tls_ca)
+    pulumi.export(Outputs.TLS_CA_FILE,
+                  docker_layout(stack).tls_ca_file if environment.tls_ca else None)
+
+
+def kubernetes_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None:
+    environment = KubernetesEnvironment(NAMESPACE, KubernetesEnvironmentArgs(
+        stack=stack,
+        plan=plan,
+        app_password=config.get_secret("app_password"),
+        migrator_password=config.get_secret("migrator_password"),
+    ))  # fmt: skip
+    pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
+    pulumi.export(Outputs.POOLED_URL, environment.pooled_url)
+    pulumi.export(Outputs.ENV_FILE, environment.env_file)
+    pulumi.export(Outputs.NAMESPACE, stack.kubernetes.namespace)
+    pulumi.export(Outputs.OBJECTS, list(environment.resources))
+    pulumi.export(Outputs.VERSIONS, {"postgres": stack.postgres.version,
+                                     "pgbouncer": DOCKER_PGBOUNCER_SERIES})  # fmt: skip
+    pulumi.export(Outputs.PLAN, plan.as_dict())
+
 
 config = pulumi.Config(NAMESPACE)
 stack, plan = load_stack(config)
-
-environment = Environment(NAMESPACE, EnvironmentArgs(
-    stack=stack,
-    plan=plan,
-    app_password=config.get_secret("app_password"),
-    migrator_password=config.get_secret("migrator_password"),
-    given_tls=given_tls(stack, config),
-))  # fmt: skip
-
-pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
-pulumi.export(Outputs.POOLED_URL, environment.pooled_url)
-pulumi.export(Outputs.POOLED_LIBPQ_URL, environment.pooled_libpq_url)
-pulumi.export(Outputs.ENV_FILE, environment.env_file)
-pulumi.export(Outputs.NETWORK_ENV_FILE, environment.network_env_file)
-pulumi.export(Outputs.POSTGRES_PORT, environment.postgres.published_port)
-pulumi.export(Outputs.PGBOUNCER_PORT, environment.pgbouncer.published_port)
-pulumi.export(Outputs.APP_PORTS, {app.app_name: app.published_ports for app in environment.apps})
-pulumi.export(Outputs.VERSIONS, environment.versions)
-pulumi.export(Outputs.PLAN, plan.as_dict())
-pulumi.export(Outputs.CONTAINERS, {
-    "postgres": environment.postgres.container_name,
-    "pgbouncer": environment.pgbouncer.container_name,
-    "apps": {app.app_name: app.container_names for app in environment.apps},
-})  # fmt: skip
-pulumi.export(Outputs.NETWORK, environment.network.name)
-pulumi.export(Outputs.TLS_CA, environment.tls_ca)
-pulumi.export(Outputs.TLS_CA_FILE, docker_layout(stack).tls_ca_file if environment.tls_ca else None)
+(kubernetes_target if stack.target == "kubernetes" else docker_target)(stack, plan, config)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_docker as docker
-import pulumi_random as random
 
 from components.apps import ServerlessApp, ServerlessAppArgs
 from components.certificates import Certificates, GivenTls
@@ -17,21 +16,18 @@ from components.common import (
     image_ref,
     label_args,
 )
+from components.credentials import stack_credentials
 from components.pgbouncer import PgBouncer, PgBouncerArgs
 from components.postgres import Postgres, PostgresArgs
-from poolkit import scram
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout, network_layout
 from poolkit.render import render_env
-from poolkit.secrets import ADMIN_USER, STATS_USER, Credential, Secrets, iterations_for
 from poolkit.sizing import Plan
 
 PYTHON_APP_SOURCE = "apps"
 """Build context of the Python app image: the app's own folder, whose ``.dockerignore`` lets
 only its modules in, so an edit to tests, docs or stack files changes no image."""
-PASSWORD_LENGTH = 32
-"""Generated passwords: 32 letters and digits (about 190 bits), nothing to escape in a URL."""
 
 
 @dataclass
@@ -90,7 +86,8 @@ class Environment(pulumi.ComponentResource):
             # A fixed name: a replacement must remove the old network first.
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )  # fmt: skip
-        secrets = self._credentials(name, stack, layout.superuser, args)
+        secrets = stack_credentials(self, name, stack, layout.superuser, args.app_password,
+                                    args.migrator_password)  # fmt: skip
         self.certificates = None
         self.tls_ca = None
         tls = None
@@ -146,44 +143,3 @@ class Environment(pulumi.ComponentResource):
             "pooled_libpq_url": self.pooled_libpq_url,
             "tls_ca": self.tls_ca,
         })  # fmt: skip
-
-    def _credentials(
-        self, name: str, stack: StackConfig, superuser: str, args: EnvironmentArgs
-    ) -> pulumi.Output[Secrets]:
-        """Passwords (given or generated) and SCRAM salts, kept in state so verifiers are stable.
-
-        Every random value is a resource created here, never inside ``apply``: a resource made
-        in a callback is invisible to preview and would be made anew on every run.
-        """
-        child = pulumi.ResourceOptions(parent=self)
-        db = stack.database
-        users = {
-            "superuser": superuser,
-            "migrator": db.migrator_user,
-            "app": db.app_user,
-            "pgbouncer_admin": ADMIN_USER,
-            "pgbouncer_stats": STATS_USER,
-        }
-        given = {"app": args.app_password, "migrator": args.migrator_password}
-        parts: dict[str, pulumi.Output[list[str]]] = {}
-        for role in users:
-            label = role.replace("_", "-")
-            password = given.get(role)
-            if password is None:
-                password = random.RandomPassword(
-                    f"{name}-{label}-password", length=PASSWORD_LENGTH, special=False, opts=child
-                ).result
-            salt = random.RandomId(
-                f"{name}-{label}-salt", byte_length=scram.SALT_BYTES, opts=child
-            ).b64_std
-            parts[role] = pulumi.Output.all(password, salt)
-        generated = {role for role in users if given.get(role) is None}
-
-        def build(values: dict[str, list[str]]) -> Secrets:
-            return Secrets(**{
-                role: Credential(user=users[role], password=password, salt=salt,
-                                 iterations=iterations_for(generated=role in generated))
-                for role, (password, salt) in values.items()
-            })  # fmt: skip
-
-        return pulumi.Output.secret(pulumi.Output.all(**parts).apply(build))

@@ -26,11 +26,11 @@ from poolkit.config import (
     StackConfig,
     parse_stack,
 )
-from poolkit.layouts import docker_problems
+from poolkit.layouts import target_problems
 from poolkit.sizing import Plan
 from poolkit.sizing import plan as size
 
-OBJECT_KEYS = ("postgres", "pgbouncer", "database", "apps", "tls")
+OBJECT_KEYS = ("postgres", "pgbouncer", "database", "apps", "tls", "kubernetes")
 PASSWORD_KEYS = tuple(PASSWORD_ENV)  # app_password, migrator_password
 SECRET_KEYS = (*PASSWORD_KEYS, *TLS_SECRET_KEYS)
 """Read only to be validated; resources take them from ``Config.get_secret``."""
@@ -80,7 +80,7 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
     raw = raw_config(config)
     try:
         stack = parse_stack(raw, pulumi.get_stack())
-        problems = docker_problems(stack)
+        problems = target_problems(stack)
         if problems:
             raise ConfigError(problems)
         plan = size(stack)

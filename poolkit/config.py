@@ -45,6 +45,12 @@ WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::"})
 DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 DNS_NAME = re.compile(rf"^(\*\.)?({DNS_LABEL}\.)*{DNS_LABEL}$", re.IGNORECASE)
 SERVER_SSLMODES = ("require", "verify-ca", "verify-full")
+TARGETS = ("docker", "kubernetes")
+"""Where the Pulumi program deploys (``poolkit:target``)."""
+IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
+K8S_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DEFAULT_POD_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+"""Private ranges, where clusters' pod networks live; the NetworkPolicy narrows it to pods."""
 """TLS to a Postgres the kit does not run: traffic leaves the host, so never plain."""
 
 
@@ -212,6 +218,27 @@ class AppSpec:
 
 
 @dataclass(frozen=True)
+class KubernetesSpec:
+    """The Kubernetes target (``poolkit:target: kubernetes``); the other targets ignore it."""
+
+    namespace: str = ""
+    """Namespace of every object; empty: ``poolkit-<stack>`` as a DNS label."""
+    postgres_image: str = "poolkit-postgres:17"
+    """images/postgres as the cluster pulls it: ``registry/repository:tag``."""
+    pgbouncer_image: str = "poolkit-pgbouncer:1.24"
+    """images/pgbouncer as the cluster pulls it."""
+    app_image: str = "poolkit-app:latest"
+    """images/app (the sample apps and the migration Job) as the cluster pulls it."""
+    storage_bytes: int = 10 * GIB
+    """Size of Postgres's volume claim (``storage: 10GiB``)."""
+    storage_class: str | None = None
+    """StorageClass of the claim; None: the cluster's default."""
+    pod_networks: tuple[str, ...] = DEFAULT_POD_NETWORKS
+    """Pod addresses pg_hba.conf admits (SCRAM still required; the NetworkPolicy admits only
+    PgBouncer and the migration Job)."""
+
+
+@dataclass(frozen=True)
 class StackConfig:
     stack: str
     postgres: PostgresSpec = field(default_factory=PostgresSpec)
@@ -219,6 +246,9 @@ class StackConfig:
     database: DatabaseSpec = field(default_factory=DatabaseSpec)
     apps: tuple[AppSpec, ...] = ()
     tls: TlsSpec = field(default_factory=TlsSpec)
+    target: str = "docker"
+    """Where the Pulumi program deploys: docker | kubernetes."""
+    kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -416,6 +446,47 @@ APP_RULES: dict[str, Rule] = {
     "runtime": Rule(str, "use python or node", _one_of(*APP_RUNTIMES)),
 }  # fmt: skip
 APP_REQUIRED = ("name", "style")
+
+
+def _volume_check(v: str) -> str | None:
+    try:
+        size = parse_size(v)
+    except ValueError as error:
+        return f"is {error}; write a size like 10GiB"
+    return None if GIB <= size <= 64 * 1024 * GIB else "must be between 1GiB and 64TiB"
+
+
+def _networks_check(v: list[Any]) -> str | None:
+    if not v:
+        return "must list at least one network"
+    for item in v:
+        try:
+            ipaddress.ip_network(str(item))
+        except ValueError:
+            return f"holds {item!r}, which is not a network like 10.0.0.0/8"
+    return None
+
+
+def default_namespace(stack: str) -> str:
+    """``poolkit-<stack>`` as a DNS label: other characters become ``-``, at most 63."""
+    label = re.sub(r"[^a-z0-9-]+", "-", f"poolkit-{stack}".lower())[:63]
+    return label.rstrip("-")
+
+
+IMAGE = Rule(str, "write registry/repository:tag as the cluster pulls it",
+             _matches(IMAGE_REF, "an image reference in lower case (registry/repository:tag)"))
+KUBERNETES_RULES: dict[str, Rule] = {
+    "namespace": Rule(str, "use a DNS label: lower-case letters, digits and -",
+                      _matches(K8S_NAME, "a DNS label (at most 63 characters)")),
+    "postgres_image": IMAGE,
+    "pgbouncer_image": IMAGE,
+    "app_image": IMAGE,
+    "storage": Rule(str, "write the volume size like 10GiB", _volume_check),
+    "storage_class": Rule(str, "name a StorageClass of the cluster, or remove the key",
+                          _matches(K8S_NAME, "a StorageClass name"), optional=True),
+    "pod_networks": Rule(list, "list the cluster's pod networks, e.g. [10.0.0.0/8]",
+                         _networks_check, convert=lambda v: tuple(str(x) for x in v)),
+}  # fmt: skip
 
 
 TYPE_NAMES: dict[Any, str] = {int: "a whole number", str: "text", bool: "true or false",
@@ -691,8 +762,8 @@ def _warnings(stack: StackConfig) -> tuple[str, ...]:
 
 
 SECTIONS = {"postgres": POSTGRES_RULES, "pgbouncer": PGBOUNCER_RULES, "database": DATABASE_RULES,
-            "tls": TLS_RULES}
-TOP_LEVEL = (*SECTIONS, "apps", *PASSWORD_ENV, *TLS_SECRET_KEYS)
+            "tls": TLS_RULES, "kubernetes": KUBERNETES_RULES}
+TOP_LEVEL = (*SECTIONS, "apps", "target", *PASSWORD_ENV, *TLS_SECRET_KEYS)
 
 
 def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
@@ -728,6 +799,15 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
         sections["postgres"]["external"] = external
     if "memory" in sections["postgres"]:
         sections["postgres"]["memory_bytes"] = parse_size(sections["postgres"].pop("memory"))
+    kubernetes = sections["kubernetes"]
+    if "storage" in kubernetes:
+        kubernetes["storage_bytes"] = parse_size(kubernetes.pop("storage"))
+    kubernetes.setdefault("namespace", default_namespace(stack))
+    target = ours.get("target", "docker")
+    if target not in TARGETS:
+        problems.append(Problem(f"{NAMESPACE}:target", target,
+                                f"must be one of {', '.join(TARGETS)}",
+                                "use docker (the default) or kubernetes"))  # fmt: skip
     passwords = {key: _read_password(key, ours.get(key), problems) for key in PASSWORD_ENV}
     pems = {key.removeprefix("tls_"): _read_pem(key, ours.get(key), problems)
             for key in TLS_SECRET_KEYS}
@@ -742,6 +822,8 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
         database=DatabaseSpec(**sections["database"], **passwords),
         apps=apps,
         tls=TlsSpec(**sections["tls"], **pems),
+        target=target,
+        kubernetes=KubernetesSpec(**kubernetes),
     )
     _cross_checks(config, problems)
     if problems:

@@ -176,11 +176,33 @@ def postgres_limits(stack: StackConfig, plan: Plan) -> ContainerLimits:
     )
 
 
-def docker_problems(stack: StackConfig) -> list[Problem]:
-    """What the Docker images cannot run for this stack, each with its fix (empty: all fine).
+def kubernetes_layout(stack: StackConfig) -> Layout:
+    """The images' paths inside pods; every URL names a Service (``<name>.<namespace>.svc``).
 
-    Checked before any resource exists, so ``pulumi up`` fails early instead of in a build.
+    The data directory is a folder inside the volume claim's mount, because a fresh volume's
+    root may hold ``lost+found``, which initdb refuses.
     """
+    namespace = stack.kubernetes.namespace
+    return Layout(
+        name="kubernetes",
+        client_networks=stack.kubernetes.pod_networks,
+        data_directory=f"{KUBERNETES_DATA_MOUNT}/pgdata",
+        postgres_host=f"{POSTGRES_ALIAS}.{namespace}.svc",
+        public_host=f"{PGBOUNCER_ALIAS}.{namespace}.svc",
+        public_pgbouncer_port=6432,
+        public_postgres_host=f"{POSTGRES_ALIAS}.{namespace}.svc",
+        public_postgres_port=5432,
+        urls_on_network=True,
+        direct_on_network=True,
+    )
+
+
+KUBERNETES_DATA_MOUNT = "/var/lib/postgresql/data"
+"""Where Postgres's volume claim is mounted (the image's data volume)."""
+
+
+def _image_problems(stack: StackConfig, target: str) -> list[Problem]:
+    """What the images cannot run: the Postgres and PgBouncer versions and node apps."""
     problems = []
     if stack.postgres.version not in DOCKER_POSTGRES_VERSIONS:
         problems.append(Problem(
@@ -197,10 +219,56 @@ def docker_problems(stack: StackConfig) -> list[Problem]:
         ))  # fmt: skip
     problems += [
         Problem(f"{NAMESPACE}:apps[{index}].runtime", app.runtime,
-                "is not supported by the Docker target yet (its app image holds the Python apps)",
+                f"is not supported by the {target} target yet (its app image holds the Python "
+                "apps)",
                 "use runtime: python for Pulumi stacks; the local target runs node apps")
         for index, app in enumerate(stack.apps) if app.runtime != "python"
     ]  # fmt: skip
+    return problems
+
+
+def kubernetes_problems(stack: StackConfig) -> list[Problem]:
+    """What the Kubernetes target cannot deploy for this stack yet, each with its fix."""
+    problems = _image_problems(stack, "Kubernetes")
+    ns = NAMESPACE
+    for key, on in ((f"{ns}:pgbouncer.client_tls", stack.pgbouncer.client_tls),
+                    (f"{ns}:pgbouncer.server_tls", stack.pgbouncer.server_tls)):
+        if on:
+            problems.append(Problem(
+                key, on, "is not supported by the Kubernetes target yet (it creates no "
+                "certificate Secrets; traffic stays inside the cluster)",
+                "set it to false for this target, or encrypt pod traffic with your cluster's "
+                "mesh; the Docker and local targets support TLS",
+            ))  # fmt: skip
+    if stack.postgres.publish:
+        problems.append(Problem(
+            f"{ns}:postgres.publish", True,
+            "has no meaning on the Kubernetes target: Postgres is reachable only inside the "
+            "cluster, from PgBouncer and the migration Job",
+            "remove it; run migrations in the cluster (the migrate Job) or through "
+            "`kubectl port-forward`",
+        ))  # fmt: skip
+    if stack.postgres.external:
+        problems.append(Problem(
+            f"{ns}:postgres.external", stack.postgres.external.host,
+            "is not supported by the Kubernetes target yet (it runs its own Postgres)",
+            "front an external Postgres with the local target (poolkit up --target local), or "
+            "remove the section",
+        ))  # fmt: skip
+    return problems
+
+
+def target_problems(stack: StackConfig) -> list[Problem]:
+    """What the Pulumi program's target (``poolkit:target``) cannot deploy for this stack."""
+    return kubernetes_problems(stack) if stack.target == "kubernetes" else docker_problems(stack)
+
+
+def docker_problems(stack: StackConfig) -> list[Problem]:
+    """What the Docker images cannot run for this stack, each with its fix (empty: all fine).
+
+    Checked before any resource exists, so ``pulumi up`` fails early instead of in a build.
+    """
+    problems = _image_problems(stack, "Docker")
     if stack.postgres.external:
         problems.append(Problem(
             f"{NAMESPACE}:postgres.external", stack.postgres.external.host,

@@ -267,6 +267,8 @@ def render_env(
         connection_limit=connection_limit,
         prepared="on" if plan.prepared_statements else "off",
         pooled_private=layout.urls_on_network,
+        private_where=("pods of the stack's Kubernetes cluster" if layout.name == "kubernetes"
+                       else "containers on the stack's private Docker network"),
         direct_private=layout.direct_on_network,
     )  # fmt: skip
 

@@ -12,7 +12,7 @@ import click
 from poolkit.cli.errors import EXIT_FAILED, BadInput, StepFailed, config_error, step_failed
 from poolkit.cli.options import StackChoice, stack_options, warn
 from poolkit.cli.output import echo, smoke_check_line, smoke_summary, status_lines, up_summary_lines
-from poolkit.config import ConfigError
+from poolkit.config import ConfigError, Problem
 from poolkit.envfile import read_env
 from poolkit.project import project_root
 from poolkit.urls import mask
@@ -34,6 +34,14 @@ def up_command(stack: StackChoice, target: str, env_file: Path | None, smoke: bo
     """  # fmt: skip
     config = stack.config()
     warn(config)
+    if target == "pulumi" and config.target == "kubernetes":
+        raise config_error(ConfigError([Problem(
+            "poolkit:target", config.target,
+            "is not what `poolkit up --target pulumi` deploys (Docker, checked from this host)",
+            f"run `pulumi up --stack {config.stack}` with your cluster's kubeconfig; "
+            f"`poolkit render --target kubernetes --stack {config.stack} --out DIR` shows the "
+            "objects",
+        )]))  # fmt: skip
     if target == "pulumi":
         from poolkit import pulumi_target
 

@@ -13,7 +13,8 @@ from poolkit.cli.options import StackChoice, plan_or_exit, stack_options, warn
 from poolkit.cli.output import echo, plan_lines, wrote
 from poolkit.config import ConfigError, StackConfig
 from poolkit.envfile import write_private
-from poolkit.layouts import docker_layout
+from poolkit.layouts import docker_layout, kubernetes_problems
+from poolkit.manifests import is_secret_file, manifest_files
 from poolkit.render import is_private, render_all
 
 
@@ -58,14 +59,21 @@ def installed_versions(config: StackConfig) -> StackConfig:
 @stack_options()
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Folder for the rendered files (created if missing).")
-def render_command(stack: StackChoice, out: Path) -> None:
-    """Write every rendered file for the Docker target; files with secrets get mode 0600.
+@click.option("--target", type=click.Choice(["docker", "kubernetes"]), default=None,
+              help="docker: the config files; kubernetes: the objects the Pulumi program "
+                   "creates, one YAML file each. Default: the stack's poolkit:target.")  # fmt: skip
+def render_command(stack: StackChoice, out: Path, target: str | None) -> None:
+    """Write every rendered file for a target; files with secrets get mode 0600.
 
     Passwords come from POOLKIT_APP_PASSWORD / POOLKIT_MIGRATOR_PASSWORD or are generated
     once and kept in OUT/secrets.json (0600), so rendering again is byte-stable.
     """  # fmt: skip
     config = stack.config()
     warn(config)
+    target = target or config.target
+    problems = kubernetes_problems(config) if target == "kubernetes" else []
+    if problems:
+        raise config_error(ConfigError(problems))
     result = plan_or_exit(config)
     secrets_file = out / "secrets.json"
     try:
@@ -74,13 +82,17 @@ def render_command(stack: StackChoice, out: Path) -> None:
         raise config_error(error) from None
     stack_secrets.save(secrets_file, credentials)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in render_all(config, result, credentials, docker_layout(config)).items():
+    if target == "kubernetes":
+        files, private = manifest_files(config, result, credentials), is_secret_file
+    else:
+        files, private = render_all(config, result, credentials, docker_layout(config)), is_private
+    for name, text in files.items():
         path = out / name
-        if is_private(name):
+        if private(name):
             write_private(path, text)
         else:
             path.write_text(text, encoding="utf-8")
-        click.echo(wrote(path, is_private(name)))
+        click.echo(wrote(path, private(name)))
 
 
 @click.command("env")

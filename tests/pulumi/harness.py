@@ -42,6 +42,8 @@ NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
 PASSWORD = "random:index/randomPassword:RandomPassword"
 RANDOM_ID = "random:index/randomId:RandomId"
+KUBERNETES = "kubernetes:"
+"""Type prefix of every pulumi_kubernetes resource (``kubernetes:apps/v1:Deployment``)."""
 
 
 def plain(value: Any) -> Any:
@@ -130,6 +132,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
             name = inputs["name"]
             return name, {**inputs, "driver": "local",
                           "mountpoint": f"/var/lib/docker/volumes/{name}/_data"}  # fmt: skip
+        if args.typ.startswith(KUBERNETES):
+            metadata = plain(inputs.get("metadata") or {})
+            return f"{metadata.get('namespace', '')}/{metadata.get('name', args.name)}", inputs
         if args.typ == PASSWORD:
             result = random_password(plain(inputs), random.Random(seed))
             return "none", {**inputs, "result": result}

@@ -65,6 +65,32 @@ def test_render_twice_is_byte_stable(runner: CliRunner, tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
+def test_render_kubernetes_writes_the_objects_as_yaml_secrets_private(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    import yaml
+
+    out = tmp_path / "k8s"
+    result = runner.invoke(main, ["render", "--stack", "k8s", "--out", str(out)])  # its target
+    assert result.exit_code == 0, result.output
+    files = sorted(p for p in out.iterdir() if p.suffix == ".yaml")
+    kinds = [yaml.safe_load(p.read_text())["kind"] for p in files]
+    assert kinds[0] == "Namespace" and len(files) == 19
+    for path, kind in zip(files, kinds, strict=True):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert (mode == 0o600) == (kind == "Secret"), path.name
+    again = runner.invoke(main, ["render", "--stack", "k8s", "--target", "kubernetes",
+                                 "--out", str(out)])  # fmt: skip
+    assert again.exit_code == 0 and [p.read_bytes() for p in files] == [
+        p.read_bytes() for p in sorted(out.glob("*.yaml"))]
+
+
+def test_up_target_pulumi_refuses_a_kubernetes_stack_with_the_fix(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["up", "--target", "pulumi", "--stack", "k8s"])
+    assert result.exit_code == 2
+    assert "poolkit:target" in result.output and "pulumi up --stack k8s" in result.output
+
+
 def test_password_from_environment_is_used_not_printed(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

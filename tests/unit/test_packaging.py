@@ -120,7 +120,7 @@ def test_lower_bounds_file_matches_pyproject() -> None:
         lowest = [s.version for s in requirements[name].specifier if s.operator == ">="]
         assert lowest and re.sub(r"(\.0)+$", "", lowest[0]) == re.sub(r"(\.0)+$", "", version), (
             name, lowest, version)
-    assert set(pinned) == {"pulumi", "pulumi-docker", "pulumi-random"}
+    assert set(pinned) == {"pulumi", "pulumi-docker", "pulumi-kubernetes", "pulumi-random"}
 
 
 def test_pulumi_lower_bound_is_what_pulumi_docker_itself_needs() -> None:
