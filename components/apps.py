@@ -24,16 +24,25 @@ from poolkit.sizing import AppPlan, Plan
 from poolkit.tls import ServerTls
 
 APP_PORT = 8080
-"""Port the app image listens on (images/app/Dockerfile)."""
-POOLED_ENV = ("POOLED_DATABASE_URL", "POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS")
-"""Variables of the rendered .env every replica gets."""
+"""Port both app images listen on (images/app and images/app-node)."""
+POOLED_ENV = {
+    "python": ("POOLED_DATABASE_URL", "POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS"),
+    "node": ("DATABASE_URL", "POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS"),
+}
+"""Variables of the rendered .env every replica gets, by runtime: what apps/db.py and
+apps/ts/src/settings.ts read (the same libpq-clean pooled URL under two names)."""
 MIGRATOR_ENV = ("DIRECT_URL",)
 """Variables only the first replica gets: it runs the schema migration (APP_MIGRATE=1)."""
-HEALTH_PROBE = (
-    "import urllib.request; "
-    f"urllib.request.urlopen('http://127.0.0.1:{APP_PORT}/healthz', timeout=4)"
-)
-"""GET /healthz does a round trip through PgBouncer; urlopen raises (exit 1) unless 2xx."""
+HEALTH_URL = f"http://127.0.0.1:{APP_PORT}/healthz"
+HEALTHCHECKS = {
+    "python": ["python3", "-c",
+               f"import urllib.request; urllib.request.urlopen('{HEALTH_URL}', timeout=4)"],
+    "node": ["node", "-e",
+             f"fetch('{HEALTH_URL}', {{signal: AbortSignal.timeout(4000)}})"
+             ".then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"],
+}  # fmt: skip
+"""GET /healthz does a round trip through PgBouncer; exit 1 unless 2xx. Each image has only its
+own interpreter (no python3 in the node image)."""
 
 
 def needs_ca(stack: StackConfig) -> bool:
@@ -46,7 +55,7 @@ def replica_env(
 ) -> list[str]:
     """``KEY=value`` items of one replica, taken from the same renderer as ``.env``."""
     values = parse_env(render_env(stack, plan, secrets, network_layout(stack), app))
-    keys = POOLED_ENV + (MIGRATOR_ENV if replica == 0 else ())
+    keys = POOLED_ENV[app.runtime] + (MIGRATOR_ENV if replica == 0 else ())
     env = {"APP_STYLE": app.style, **{key: values[key] for key in keys}}
     if replica == 0:
         env["APP_MIGRATE"] = "1"
@@ -65,7 +74,7 @@ class ServerlessAppArgs:
     """Credentials: the app role's password goes into the pooled URL, the migrator's into
     DIRECT_URL of the first replica."""
     image: pulumi.Input[str]
-    """Image reference of images/app (digest or id)."""
+    """Image reference of the app's runtime: images/app or images/app-node (digest or id)."""
     network: pulumi.Input[str]
     """Name of the private network PgBouncer and Postgres are on."""
     depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -105,7 +114,7 @@ class ServerlessApp(pulumi.ComponentResource):
                 networks_advanced=[docker.ContainerNetworksAdvancedArgs(
                     name=args.network, aliases=[app.name])],
                 ports=[published_port(APP_PORT, port)],
-                healthcheck=healthcheck(["python3", "-c", HEALTH_PROBE]),
+                healthcheck=healthcheck(HEALTHCHECKS[app.runtime]),
                 restart="unless-stopped",
                 wait=True,
                 wait_timeout=args.wait_timeout,

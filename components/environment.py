@@ -19,15 +19,21 @@ from components.common import (
 from components.credentials import stack_credentials
 from components.pgbouncer import PgBouncer, PgBouncerArgs
 from components.postgres import Postgres, PostgresArgs
+from poolkit import node_apps
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout, network_layout
 from poolkit.render import render_env
 from poolkit.sizing import Plan
 
-PYTHON_APP_SOURCE = "apps"
-"""Build context of the Python app image: the app's own folder, whose ``.dockerignore`` lets
-only its modules in, so an edit to tests, docs or stack files changes no image."""
+APP_IMAGES = {
+    "python": ("app", "apps", "images/app/Dockerfile"),
+    "node": ("app-node", str(node_apps.IMAGE_CONTEXT), str(node_apps.IMAGE_DOCKERFILE)),
+}
+"""Per app runtime: image name suffix, build context and Dockerfile. The Python context is the
+apps' own folder, whose ``.dockerignore`` lets only its modules in; the node context is what
+``poolkit.node_apps`` stages from the host's build. An edit to tests, docs or stack files
+changes no image."""
 
 
 @dataclass
@@ -105,23 +111,24 @@ class Environment(pulumi.ComponentResource):
             depends_on=[self.postgres.container], base_image=args.base_image, tls=tls,
         ), opts=child)  # fmt: skip
 
-        self.apps = []
-        if plan.apps:
-            app_image = build_image(
-                f"{name}-app-image",
-                image_name=f"{docker_name(stack.stack, 'app')}:latest",
-                context=PYTHON_APP_SOURCE,
-                dockerfile="images/app/Dockerfile",
+        images = {}
+        for runtime in sorted({app.runtime for app in plan.apps}):
+            suffix, context, dockerfile = APP_IMAGES[runtime]
+            images[runtime] = image_ref(build_image(
+                f"{name}-{suffix}-image",
+                image_name=f"{docker_name(stack.stack, suffix)}:latest",
+                context=context,
+                dockerfile=dockerfile,
                 build_args={"BASE_IMAGE": args.base_image},
                 parent=self,
-            )
-            self.apps = [
-                ServerlessApp(f"{name}-{app.name}", ServerlessAppArgs(
-                    stack=stack, plan=plan, app=app, secrets=secrets, image=image_ref(app_image),
-                    network=self.network.name, depends_on=[self.pgbouncer.container], tls=tls,
-                ), opts=child)
-                for app in plan.apps
-            ]  # fmt: skip
+            ))  # fmt: skip
+        self.apps = [
+            ServerlessApp(f"{name}-{app.name}", ServerlessAppArgs(
+                stack=stack, plan=plan, app=app, secrets=secrets, image=images[app.runtime],
+                network=self.network.name, depends_on=[self.pgbouncer.container], tls=tls,
+            ), opts=child)
+            for app in plan.apps
+        ]  # fmt: skip
 
         self.env_file = pulumi.Output.secret(
             secrets.apply(lambda s: render_env(stack, plan, s, layout)))  # fmt: skip

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pulumi
 
 from components.certificates import GivenTls
-from poolkit import tls
+from poolkit import node_apps, tls
 from poolkit.config import (
     NAMESPACE,
     PASSWORD_ENV,
@@ -88,6 +89,7 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
         raise _refused(error) from error
     if stack.tls.given:
         _check_given_certificate(stack)
+    ensure_node_build(stack)
     for key in SECRET_KEYS:
         if f"{NAMESPACE}:{key}" in raw and not is_secret(key):
             pulumi.log.warn(
@@ -103,6 +105,16 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
             if getattr(stack.tls, field) is not None}  # fmt: skip
     tls_spec = dataclasses.replace(stack.tls, **pems)
     return dataclasses.replace(stack, database=no_passwords, tls=tls_spec), plan
+
+
+def ensure_node_build(stack: StackConfig) -> None:
+    """For ``runtime: node`` apps, build apps/ts and stage its image context (nothing when
+    current), before any resource exists; RunError says what is missing."""
+    if not any(app.runtime == "node" for app in stack.apps):
+        return
+    problem = node_apps.ensure_built(Path.cwd())
+    if problem:
+        raise pulumi.RunError(f"{NAMESPACE}:apps (runtime: node): {problem}")
 
 
 def _check_given_certificate(stack: StackConfig) -> None:

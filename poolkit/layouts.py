@@ -201,8 +201,8 @@ KUBERNETES_DATA_MOUNT = "/var/lib/postgresql/data"
 """Where Postgres's volume claim is mounted (the image's data volume)."""
 
 
-def _image_problems(stack: StackConfig, target: str) -> list[Problem]:
-    """What the images cannot run: the Postgres and PgBouncer versions and node apps."""
+def _image_problems(stack: StackConfig) -> list[Problem]:
+    """What the images cannot run: the Postgres and PgBouncer versions."""
     problems = []
     if stack.postgres.version not in DOCKER_POSTGRES_VERSIONS:
         problems.append(Problem(
@@ -217,19 +217,20 @@ def _image_problems(stack: StackConfig, target: str) -> list[Problem]:
             "Debian trixie)",
             f'use "{DOCKER_PGBOUNCER_SERIES}", or leave the key out',
         ))  # fmt: skip
-    problems += [
-        Problem(f"{NAMESPACE}:apps[{index}].runtime", app.runtime,
-                f"is not supported by the {target} target yet (its app image holds the Python "
-                "apps)",
-                "use runtime: python for Pulumi stacks; the local target runs node apps")
-        for index, app in enumerate(stack.apps) if app.runtime != "python"
-    ]  # fmt: skip
     return problems
 
 
 def kubernetes_problems(stack: StackConfig) -> list[Problem]:
     """What the Kubernetes target cannot deploy for this stack yet, each with its fix."""
-    problems = _image_problems(stack, "Kubernetes")
+    problems = _image_problems(stack)
+    problems += [
+        Problem(f"{NAMESPACE}:apps[{index}].runtime", app.runtime,
+                "is not supported by the Kubernetes target yet (its app image holds the Python "
+                "apps)",
+                "use runtime: python for Kubernetes stacks; the Docker and local targets run "
+                "node apps")
+        for index, app in enumerate(stack.apps) if app.runtime != "python"
+    ]  # fmt: skip
     ns = NAMESPACE
     for key, on in ((f"{ns}:pgbouncer.client_tls", stack.pgbouncer.client_tls),
                     (f"{ns}:pgbouncer.server_tls", stack.pgbouncer.server_tls)):
@@ -268,7 +269,7 @@ def docker_problems(stack: StackConfig) -> list[Problem]:
 
     Checked before any resource exists, so ``pulumi up`` fails early instead of in a build.
     """
-    problems = _image_problems(stack, "Docker")
+    problems = _image_problems(stack)
     if stack.postgres.external:
         problems.append(Problem(
             f"{NAMESPACE}:postgres.external", stack.postgres.external.host,

@@ -1,9 +1,11 @@
 """The TypeScript sample apps (``apps/ts``, Prisma 7): find Node.js and build them.
 
 ``.venv/bin/python -m poolkit.node_apps build`` installs the locked
-packages (``npm ci``), generates the Prisma client offline and compiles the TypeScript, and
-skips all of it while a stamp of the sources still matches. The local target runs the apps
-only where :func:`unavailable_reason` finds nothing missing.
+packages (``npm ci``), generates the Prisma client offline, compiles the TypeScript and stages
+the Docker image's build context (``apps/ts/image``: the compiled apps, the migration and the
+production packages only), and skips all of it while a stamp of the sources still matches.
+The local target runs the apps only where :func:`unavailable_reason` finds nothing missing;
+the Pulumi program calls :func:`ensure_built` before it registers anything.
 """
 
 from __future__ import annotations
@@ -24,10 +26,23 @@ SERVER = Path("dist") / "src" / "server.js"
 STAMP = Path("node_modules") / ".poolkit-build"
 """Digest of the sources last built; in node_modules, so a removed install is a stale build."""
 SOURCES = ("package.json", "package-lock.json", "tsconfig.json", "prisma.config.ts", "prisma",
-           "src")  # fmt: skip
+           "src", "../../images/app-node/dockerignore")  # fmt: skip
 PRISMA_OFFLINE = {"PRISMA_SCHEMA_ENGINE_BINARY": "/bin/true", "PRISMA_HIDE_UPDATE_MESSAGE": "1",
                   "CHECKPOINT_DISABLE": "1"}  # fmt: skip
 """``prisma generate`` without downloads: it never runs the schema engine; no update check."""
+IMAGE_DIR = "image"
+IMAGE_CONTEXT = APP_DIR / IMAGE_DIR
+"""Build context of images/app-node (gitignored, made by :func:`build`)."""
+IMAGE_DOCKERFILE = Path("images") / "app-node" / "Dockerfile"
+IMAGE_IGNORE = IMAGE_DOCKERFILE.parent / "dockerignore"
+"""Copied as the context's ``.dockerignore``: what the running apps never read."""
+IMAGE_COPIES = ("package.json", "package-lock.json", "dist", "prisma/migrations")
+"""What the image takes from the host's build; its node_modules is installed apart (below)."""
+IMAGE_NPM_CI = ["npm", "ci", "--omit=dev", "--legacy-peer-deps", "--prefer-offline",
+                "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]  # fmt: skip
+"""The runtime packages only: without ``--legacy-peer-deps`` npm also installs
+``@prisma/client``'s optional peers (the Prisma CLI, TypeScript: about 250 MB more). The
+packages come from npm's cache, filled by the first ``npm ci`` moments before."""
 BUILD_COMMAND = ".venv/bin/python -m poolkit.node_apps build"
 INSTALL_HINT = (
     "install Node.js 20.19 or newer (Debian 13: apt-get install nodejs npm; Debian 12 ships 18: "
@@ -111,7 +126,7 @@ def build(project_root: Path) -> int:
         return 0
     want = sources_digest(app_dir)
     stamp = app_dir / STAMP
-    if stamp.is_file() and stamp.read_text().strip() == want and (app_dir / SERVER).is_file():
+    if stamp.is_file() and stamp.read_text().strip() == want and _built(app_dir):
         print(f"TypeScript sample apps are up to date ({app_dir / SERVER})")
         return 0
     # The schema engine is a binary download; `prisma generate` never runs it, so a stand-in
@@ -124,12 +139,53 @@ def build(project_root: Path) -> int:
         [str(bin_dir / "tsc"), "-p", "tsconfig.json"],
     ]
     for step in steps:
-        print(f"TypeScript sample apps: {Path(step[0]).name} {' '.join(step[1:])}", flush=True)
-        if subprocess.run(step, cwd=app_dir, env=env).returncode != 0:
-            print(f"error: `{' '.join(step)}` failed in {app_dir}", file=sys.stderr)
+        if not _run(step, app_dir, env):
             return 1
+    if not stage_image_context(project_root, env):
+        return 1
     stamp.write_text(want + "\n")
     return 0
+
+
+def _built(app_dir: Path) -> bool:
+    return (app_dir / SERVER).is_file() and (app_dir / IMAGE_DIR / SERVER).is_file()
+
+
+def _run(step: list[str], cwd: Path, env: dict[str, str]) -> bool:
+    print(f"TypeScript sample apps: {Path(step[0]).name} {' '.join(step[1:])}", flush=True)
+    if subprocess.run(step, cwd=cwd, env=env).returncode != 0:
+        print(f"error: `{' '.join(step)}` failed in {cwd}", file=sys.stderr)
+        return False
+    return True
+
+
+def stage_image_context(project_root: Path, env: dict[str, str]) -> bool:
+    """Write ``apps/ts/image`` afresh: the compiled apps, the migration, the production packages.
+
+    Built from the same files every time, so an unchanged source gives a byte-identical
+    context: the image is not rebuilt and its containers are not replaced.
+    """
+    app_dir, context = project_root / APP_DIR, project_root / IMAGE_CONTEXT
+    shutil.rmtree(context, ignore_errors=True)
+    context.mkdir()
+    for name in IMAGE_COPIES:
+        source, target = app_dir / name, context / name
+        if source.is_dir():
+            shutil.copytree(source, target, copy_function=shutil.copyfile)
+        else:
+            shutil.copyfile(source, target)
+    shutil.copyfile(project_root / IMAGE_IGNORE, context / ".dockerignore")
+    return _run(IMAGE_NPM_CI, context, env)
+
+
+def ensure_built(project_root: Path) -> str | None:
+    """Build the apps and the image context unless current; why that failed, or None."""
+    problem = node_problem(find_node())
+    if problem:
+        return f"the node app image is made from this machine's build: {problem}"
+    if build(project_root) != 0:
+        return f"{BUILD_COMMAND} failed (its output is above)"
+    return None
 
 
 def main(argv: list[str]) -> int:

@@ -197,16 +197,19 @@ def _smoke_modules() -> bytes:
 def smoke_in_network(stack: str, outputs: Mapping[str, Any]) -> bool:
     """Run the smoke checks in a one-off container on the stack's network (for a stack whose
     Postgres is not published, so ``DIRECT_URL`` works only there); print each check; True if
-    all passed. The container runs the app image as its user and is removed afterwards."""
+    all passed. The container runs the Python app image (the node one has no python3) as its
+    user and is removed afterwards."""
     from poolkit.cli.output import smoke_check_line
     from poolkit.smoke import Check
 
-    replicas = [names for names in outputs[Outputs.CONTAINERS]["apps"].values() if names]
+    planned = (outputs.get(Outputs.PLAN) or {}).get("apps", {})
+    replicas = [names for app, names in outputs[Outputs.CONTAINERS]["apps"].items()
+                if names and planned.get(app, {}).get("runtime", "python") == "python"]
     if not replicas:
         raise PulumiError(
-            f"stack {stack}: Postgres is not published and the stack has no app image to run "
-            "the smoke checks on its network. Fix: set poolkit:postgres.publish: true, or add "
-            "an app to poolkit:apps")  # fmt: skip
+            f"stack {stack}: Postgres is not published and the stack has no Python app image to "
+            "run the smoke checks on its network. Fix: set poolkit:postgres.publish: true, or add "
+            "an app with runtime: python to poolkit:apps")  # fmt: skip
     image = _docker("inspect", "--format", "{{.Image}}", replicas[0][0]).strip()
     container = _docker(
         "create", "--network", str(outputs[Outputs.NETWORK]), "--label", f"{STACK_LABEL}={stack}",

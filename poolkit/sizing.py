@@ -119,6 +119,7 @@ class Plan:
         for app in self.apps:
             apps[app.name] = {
                 "style": app.style,
+                "runtime": app.runtime,
                 "instances": app.instances,
                 "connection_limit": app.connection_limit,
                 "pool_timeout": app.pool_timeout,

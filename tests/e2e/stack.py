@@ -35,11 +35,20 @@ from tests.pulumi.harness import run_program as run_main
 from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup
 
 LAMBDA_APP, WORKERS_APP = "orders", "edge"
+TS_LAMBDA_APP, TS_WORKERS_APP = "ts-orders", "ts-edge"
+"""The same two styles in TypeScript (apps/ts, ``runtime: node``), in the ``node`` stack."""
 
 
 def stack_config(postgres_port: int, pgbouncer_port: int, lambda_port: int,
-                 workers_port: int) -> dict[str, Any]:
-    """A small stack: Postgres published (DIRECT_URL from the host), one replica per app."""
+                 workers_port: int, node_ports: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A small stack: Postgres published (DIRECT_URL from the host), one replica per app;
+    with ``node_ports``, also the TypeScript apps of both styles on those host ports."""
+    node_apps = [
+        {"name": name, "style": style, "instances": 4, "replicas": 1, "port": port,
+         "runtime": "node"}
+        for name, style, port in zip((TS_LAMBDA_APP, TS_WORKERS_APP), ("lambda", "workers"),
+                                     node_ports or (), strict=False)
+    ]  # fmt: skip
     return {
         "poolkit:postgres": {"memory": "512MiB", "cpus": 1, "port": postgres_port,
                              "publish": True},
@@ -49,6 +58,7 @@ def stack_config(postgres_port: int, pgbouncer_port: int, lambda_port: int,
              "port": lambda_port},
             {"name": WORKERS_APP, "style": "workers", "instances": 4, "replicas": 1,
              "port": workers_port},
+            *node_apps,
         ],
     }  # fmt: skip
 
@@ -134,14 +144,15 @@ class E2EStack:
         return self.leftovers()
 
 
-def new_stack(client: docker.DockerClient, tls: bool = False) -> E2EStack:
+def new_stack(client: docker.DockerClient, tls: bool = False, node: bool = False) -> E2EStack:
     """A stack named ``e2e<random>`` on free ports, its file written, nothing created yet;
-    ``tls``: the ``tls_stack_config`` one."""
+    ``tls``: the ``tls_stack_config`` one; ``node``: with the TypeScript apps too."""
     token = secrets.token_hex(4)
     taken: set[int] = set()
-    ports = [free_ports(1, taken) for _ in range(4)]
+    ports = [free_ports(1, taken) for _ in range(6)]
     base = Path(tempfile.mkdtemp(prefix="poolkit-e2e-"))
-    config = tls_stack_config(base, *ports[:3]) if tls else stack_config(*ports)
+    config = (tls_stack_config(base, *ports[:3]) if tls
+              else stack_config(*ports[:4], node_ports=(ports[4], ports[5]) if node else None))
     stack = E2EStack(name=f"e2e{token}", run_id=f"e2e-{token}", client=client, base=base,
                      config=config)  # fmt: skip
     stack.stack_file.write_text(yaml.safe_dump({"config": stack.config}, sort_keys=False))

@@ -1,9 +1,10 @@
 """The real Pulumi program applied to the Docker engine, then proven from the outside.
 
 One stack per module (``e2e<random>``, free 127.0.0.1 ports): Postgres (published), PgBouncer
-and two sample apps, one replica each. Then the testinfra suite runs inside the Postgres and
-PgBouncer containers, ``poolkit smoke`` runs against the ``.env`` the program produced, both
-apps answer HTTP through PgBouncer, and tear-down leaves nothing labelled with the run id.
+and four sample apps, one replica each: Lambda and Workers style in Python (images/app) and in
+TypeScript with Prisma 7 (images/app-node). Then the testinfra suite runs inside the Postgres
+and PgBouncer containers, ``poolkit smoke`` runs against the ``.env`` the program produced,
+every app answers HTTP through PgBouncer, and tear-down leaves nothing labelled with the run id.
 Traffic goes only to the published 127.0.0.1 ports and into the run's containers.
 """
 
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -36,13 +38,24 @@ from tests.pulumi.harness import PROJECT
 from . import multi_pooler
 from .conftest import FIGURES
 from .engine_mocks import RUN_LABEL
-from .stack import LAMBDA_APP, WORKERS_APP, E2EStack, bring_up, new_stack, write_timings
+from .stack import (
+    LAMBDA_APP,
+    TS_LAMBDA_APP,
+    TS_WORKERS_APP,
+    WORKERS_APP,
+    E2EStack,
+    bring_up,
+    new_stack,
+    write_timings,
+)
 
 pytestmark = pytest.mark.e2e
 LOG_DIR = Path(os.environ.get("POOLKIT_LOG_DIR") or PROJECT / ".poolkit" / "logs")
 BUILD_CACHE = os.environ.get("POOLKIT_E2E_BUILD_CACHE", "1") != "0"
 """``POOLKIT_E2E_BUILD_CACHE=0`` builds the images from scratch, to time cold builds."""
-ROLES = ("postgres", "pgbouncer", LAMBDA_APP, WORKERS_APP)
+APPS = (LAMBDA_APP, WORKERS_APP, TS_LAMBDA_APP, TS_WORKERS_APP)
+ROLES = ("postgres", "pgbouncer", *APPS)
+CONCURRENT_REQUESTS = 50
 SUBPROCESS_TIMEOUT_S = 240
 NOTHING_LEFT = {"containers": [], "networks": [], "volumes": []}
 CONTAINER_CHECKS = {
@@ -68,7 +81,7 @@ tests/infra/container_checks.py); the suite may hold more."""
 @pytest.fixture(scope="module")
 def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
     """The stack, up and healthy; always torn down, and the tear-down checked."""
-    stack = new_stack(client)
+    stack = new_stack(client, node=True)
     try:
         bring_up(stack, build_cache=BUILD_CACHE)
         yield stack
@@ -224,7 +237,7 @@ def test_smoke_passes_against_the_env_file(stack: E2EStack) -> None:
         {c["name"]: c["seconds"] for c in report["checks"]})
 
 
-@pytest.mark.parametrize("app", [LAMBDA_APP, WORKERS_APP])
+@pytest.mark.parametrize("app", APPS)
 def test_app_stores_and_lists_items_through_pgbouncer(stack: E2EStack, app: str) -> None:
     name = f"e2e-{app}-{secrets.token_hex(4)}"
     status, created = http_json(stack.app_port(app), "POST", "/items", {"name": name})
@@ -235,22 +248,46 @@ def test_app_stores_and_lists_items_through_pgbouncer(stack: E2EStack, app: str)
     assert name in [item["name"] for item in listed["items"]]
 
 
-def test_lambda_app_keeps_its_client_connection_at_pgbouncer(stack: E2EStack) -> None:
-    """A warm Lambda instance holds one client connection, idle between invocations."""
-    assert http_json(stack.app_port(LAMBDA_APP), "GET", "/items")[0] == 200
+@pytest.mark.parametrize("app", APPS)
+def test_concurrent_requests_store_every_row_without_errors(stack: E2EStack, app: str) -> None:
+    """50 concurrent POSTs to one container: every one 201, every row stored once."""
+    names = [f"burst-{app}-{secrets.token_hex(4)}" for _ in range(CONCURRENT_REQUESTS)]
+    port = stack.app_port(app)
+    started = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
+        results = list(pool.map(lambda n: http_json(port, "POST", "/items", {"name": n}), names))
+    seconds = time.monotonic() - started
+    errors = [result for result in results if result[0] != 201]
+    FIGURES.setdefault("e2e apps: 50 concurrent POST /items (seconds)", {})[
+        f"{app} ({len(errors)} errors)"] = seconds
+    assert not errors, errors[:3]
+    with psycopg.connect(stack.env()["DIRECT_URL"]) as conn:
+        stored = conn.execute("select name, count(*) from items where name = any(%s) "
+                              "group by name", (names,)).fetchall()  # fmt: skip
+    assert sorted(stored) == sorted((name, 1) for name in names)
+
+
+@pytest.mark.parametrize("app", [LAMBDA_APP, TS_LAMBDA_APP])
+def test_lambda_app_keeps_its_client_connection_at_pgbouncer(stack: E2EStack, app: str) -> None:
+    """A warm Lambda instance keeps its clients (at most POOL_CONNECTION_LIMIT), idle between
+    invocations."""
+    assert http_json(stack.app_port(app), "GET", "/items")[0] == 200
+    limit = int(stack.outputs[Outputs.PLAN]["apps"][app]["connection_limit"])
     stats = stack.env()["PGBOUNCER_STATS_URL"]
-    address = container_ip(stack, LAMBDA_APP)
+    address = container_ip(stack, app)
     clients = [c for c in console.show(stats, "CLIENTS") if c["addr"] == address]
-    assert [(c["user"], c["database"]) for c in clients] == [("app", "app")]
+    assert 1 <= len(clients) <= limit, clients
+    assert {(c["user"], c["database"]) for c in clients} == {("app", "app")}
     (pool,) = console.pools(stats, "app")
     assert pool["user"] == "app" and pool["pool_mode"] == "transaction"
     assert pool["cl_active"] >= 1
 
 
-def test_workers_app_connects_per_request_and_leaves_no_client(stack: E2EStack) -> None:
+@pytest.mark.parametrize("app", [WORKERS_APP, TS_WORKERS_APP])
+def test_workers_app_connects_per_request_and_leaves_no_client(stack: E2EStack, app: str) -> None:
     """Each request logs in at PgBouncer from the Workers container, then disconnects."""
     pgbouncer = stack.container("pgbouncer")
-    address = container_ip(stack, WORKERS_APP)
+    address = container_ip(stack, app)
     login = re.compile(rf"app/app@{re.escape(address)}:\d+ login attempt: db=app user=app")
 
     def logins() -> int:
@@ -258,7 +295,7 @@ def test_workers_app_connects_per_request_and_leaves_no_client(stack: E2EStack) 
 
     before, requests = logins(), 3
     for _ in range(requests):
-        assert http_json(stack.app_port(WORKERS_APP), "GET", "/items")[0] == 200
+        assert http_json(stack.app_port(app), "GET", "/items")[0] == 200
     assert logins() - before >= requests
     stats = stack.env()["PGBOUNCER_STATS_URL"]
     deadline = time.monotonic() + 10  # its healthcheck connects every 2 s, briefly

@@ -7,12 +7,14 @@ and compares the recorded inputs with what the core model renders for that stack
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from poolkit import node_apps
 from poolkit.config import ConfigError, StackConfig, load_stack, parse_stack
 from poolkit.envfile import parse_env
 from poolkit.layouts import docker_layout, network_layout
@@ -558,13 +560,49 @@ def test_app_image_context_holds_only_the_app_modules() -> None:
     assert "COPY *.py /opt/poolkit/apps/" in (PROJECT / "images/app/Dockerfile").read_text()
 
 
-def test_node_apps_are_refused_before_any_resource() -> None:
-    """The local target runs apps/ts; the Docker target has no Node app image yet."""
-    config = {"poolkit:apps": [{"name": "edge", "style": "workers", "runtime": "node"}]}
-    plan(parse_stack(config, "ts"))  # valid for the core
-    with pytest.raises(pulumi.RunError, match=r"poolkit:apps\[0\].runtime: is not supported"):
-        deploy("ts", config)
+NODE_STACK = {"poolkit:apps": [
+    {"name": "orders", "style": "lambda", "instances": 4},
+    {"name": "edge", "style": "workers", "instances": 4, "runtime": "node"},
+]}  # fmt: skip
+
+
+def test_node_apps_run_the_node_image_with_the_variables_they_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``runtime: node`` app runs images/app-node (context: the staged host build), with
+    ``DATABASE_URL`` and a healthcheck that needs no python3; Python apps keep images/app."""
+    built: list[Path] = []
+    monkeypatch.setattr(node_apps, "ensure_built", lambda root: built.append(root))
+    deployment = deploy("ts", NODE_STACK)
+    assert built == [Path.cwd()], "the program did not make sure apps/ts is built"
+    images = {r.name: r for r in deployment.of_type(IMAGE)}
+    build = images["poolkit-app-node-image"].args["build"]
+    assert (build["context"], build["dockerfile"]) == ("apps/ts/image",
+                                                       "images/app-node/Dockerfile")
+    assert (PROJECT / build["dockerfile"]).is_file()
+    containers = deployment.containers()
+    node, python = containers["poolkit-ts-edge-0"], containers["poolkit-ts-orders-0"]
+    assert node.args["image"] == images["poolkit-app-node-image"].state["repoDigest"]
+    assert python.args["image"] == images["poolkit-app-image"].state["repoDigest"]
+    assert node.args["healthcheck"]["tests"][:2] == ["CMD", "node"]
+    assert python.args["healthcheck"]["tests"][:2] == ["CMD", "python3"]
+    node_env, python_env = app_env(node), app_env(python)
+    assert node_env["DATABASE_URL"] == python_env["POOLED_DATABASE_URL"]
+    assert "POOLED_DATABASE_URL" not in node_env and "DATABASE_URL" not in python_env
+    assert {"POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS", "DIRECT_URL",
+            "APP_MIGRATE", "APP_STYLE"} <= set(node_env)  # fmt: skip
+    assert deployment.outputs[Outputs.PLAN]["apps"]["edge"]["runtime"] == "node"
+
+
+def test_a_node_app_that_cannot_be_built_fails_before_any_resource(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(node_apps, "ensure_built", lambda root: "Node.js is not installed")
+    with pytest.raises(pulumi.RunError, match=r"poolkit:apps \(runtime: node\): Node.js is not"):
+        deploy("ts", NODE_STACK)
     assert deploy.last_monitor.registered == [], "resources were registered before the failure"
+    monkeypatch.setattr(node_apps, "ensure_built", lambda root: "built without a node app")
+    deploy("plain", {"poolkit:apps": NODE_STACK["poolkit:apps"][:1]})  # no node app: no build
 
 
 def test_fixed_names_are_replaced_delete_first(dev: Deployment) -> None:

@@ -200,12 +200,16 @@ def test_a_failed_pulumi_up_shows_the_log_tail_of_unhealthy_containers(
 NETWORK_ENV = 'DIRECT_URL="postgresql://owner:s3cret@postgres:5432/app"\n'
 
 
-def unpublished(project: Path) -> None:
-    """Outputs of a stack that does not publish Postgres (prod), with one app image."""
+def unpublished(project: Path, node_apps: tuple[str, ...] = ()) -> None:
+    """Outputs of a stack that does not publish Postgres (prod), with one Python app image;
+    ``node_apps``: apps with ``runtime: node`` listed first (their image has no python3)."""
+    names = [*node_apps, "orders"]
     Path(os.environ["FAKE_PULUMI_OUTPUTS"]).write_text(json.dumps({
         Outputs.ENV_FILE: ENV_TEXT, Outputs.NETWORK_ENV_FILE: NETWORK_ENV,
         Outputs.POSTGRES_PORT: None, Outputs.NETWORK: "poolkit-prod-net",
-        Outputs.CONTAINERS: {"apps": {"orders": ["poolkit-prod-orders-0"]}}}))  # fmt: skip
+        Outputs.PLAN: {"apps": {n: {"runtime": "node" if n in node_apps else "python"}
+                                for n in names}},
+        Outputs.CONTAINERS: {"apps": {n: [f"poolkit-prod-{n}-0"] for n in names}}}))  # fmt: skip
 
 
 def test_up_of_an_unpublished_postgres_smokes_on_the_stack_network(
@@ -235,6 +239,17 @@ def test_up_of_an_unpublished_postgres_smokes_on_the_stack_network(
         names = set(tar.getnames())
     assert {"poolkit/smoke.py", "poolkit/envfile.py", "poolkit/console.py"} <= names
     assert all(name.startswith("poolkit") for name in names)
+
+
+def test_the_network_smoke_runs_in_the_python_app_image(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unpublished(project, node_apps=("ts-edge",))
+    pulumi_target.up("dev")
+    assert "PASS direct.connect" in capsys.readouterr().out
+    log = (project.parent / "docker.jsonl").read_text()
+    docker = [json.loads(line) for line in log.splitlines()]
+    assert docker[0] == ["inspect", "--format", "{{.Image}}", "poolkit-prod-orders-0"]
 
 
 def test_a_failed_smoke_on_the_network_fails_up(
