@@ -51,3 +51,46 @@ def test_unbuilt_then_stale_app_dir_is_reported(tmp_path: Path, monkeypatch) -> 
 
     (app_dir / "src" / "routes.ts").write_text("// edited")
     assert "changed since it was built" in (node_apps.unavailable_reason(tmp_path) or "")
+
+
+def test_image_context_holds_the_build_output_and_is_the_same_every_time(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """apps/ts/image: what images/app-node copies, nothing more; npm installs only the runtime
+    packages there; a second staging writes the same bytes (no image rebuild)."""
+    app_dir = tmp_path / node_apps.APP_DIR
+    for name in ("package.json", "package-lock.json", "dist/src/server.js",
+                 "prisma/migrations/0_init/migration.sql", "prisma/schema.prisma",
+                 "src/server.ts", "node_modules/typescript/index.js"):  # fmt: skip
+        (app_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (app_dir / name).write_text(name)
+    ignore = tmp_path / node_apps.IMAGE_IGNORE
+    ignore.parent.mkdir(parents=True)
+    shutil.copyfile(REPO_ROOT / node_apps.IMAGE_IGNORE, ignore)
+    installs: list[tuple[list[str], Path]] = []
+
+    def fake_npm(step: list[str], cwd: Path, env: dict[str, str]) -> bool:
+        installs.append((step, cwd))
+        (cwd / "node_modules" / "pg").mkdir(parents=True)
+        (cwd / "node_modules" / "pg" / "index.js").write_text("pg")
+        return True
+
+    monkeypatch.setattr(node_apps, "_run", fake_npm)
+
+    def staged() -> dict[str, bytes]:
+        assert node_apps.stage_image_context(tmp_path, {})
+        context = tmp_path / node_apps.IMAGE_CONTEXT
+        return {str(p.relative_to(context)): p.read_bytes()
+                for p in sorted(context.rglob("*")) if p.is_file()}  # fmt: skip
+
+    first = staged()
+    assert set(first) == {".dockerignore", "package.json", "package-lock.json",
+                          "dist/src/server.js", "prisma/migrations/0_init/migration.sql",
+                          "node_modules/pg/index.js"}  # fmt: skip
+    assert staged() == first
+    step, cwd = installs[0]
+    assert cwd == tmp_path / node_apps.IMAGE_CONTEXT
+    assert step[:2] == ["npm", "ci"] and {"--omit=dev", "--legacy-peer-deps"} <= set(step)
+    dockerfile = (REPO_ROOT / node_apps.IMAGE_DOCKERFILE).read_text()
+    for copied in ("package.json", "node_modules", "prisma", "dist"):
+        assert f"COPY {copied} " in dockerfile
