@@ -17,6 +17,7 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,8 @@ BUILD_CACHE = os.environ.get("POOLKIT_E2E_BUILD_CACHE", "1") != "0"
 APPS = (LAMBDA_APP, WORKERS_APP, TS_LAMBDA_APP, TS_WORKERS_APP)
 ROLES = ("postgres", "pgbouncer", *APPS)
 CONCURRENT_REQUESTS = 50
+BURST_REQUESTS = 500
+"""The Workers burst of issue 17: each request a new PgBouncer client."""
 SUBPROCESS_TIMEOUT_S = 240
 NOTHING_LEFT = {"containers": [], "networks": [], "volumes": []}
 CONTAINER_CHECKS = {
@@ -265,6 +268,44 @@ def test_concurrent_requests_store_every_row_without_errors(stack: E2EStack, app
         stored = conn.execute("select name, count(*) from items where name = any(%s) "
                               "group by name", (names,)).fetchall()  # fmt: skip
     assert sorted(stored) == sorted((name, 1) for name in names)
+
+
+@pytest.mark.parametrize("app", [WORKERS_APP, TS_WORKERS_APP])
+def test_workers_burst_keeps_postgres_backends_within_max_db_connections(
+    stack: E2EStack, app: str
+) -> None:
+    """500 requests, 50 at a time, each a new PgBouncer client: Postgres never sees more app
+    backends than PgBouncer's max_db_connections, and no request fails."""
+    stats = stack.env()["PGBOUNCER_STATS_URL"]
+    with psycopg.connect(stats, autocommit=True, prepare_threshold=None) as conn:
+        config = {row[0]: row[1] for row in conn.execute("SHOW CONFIG").fetchall()}
+    ceiling = int(config["max_db_connections"])
+    stop, peak = threading.Event(), [0]
+
+    def sample() -> None:
+        with psycopg.connect(stack.env()["DIRECT_URL"], autocommit=True) as conn:
+            while not stop.is_set():
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
+                                   " AND backend_type = 'client backend'").fetchone()  # fmt: skip
+                peak[0] = max(peak[0], row[0] if row else 0)
+                time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    port = stack.app_port(app)
+    names = [f"wb-{app}-{secrets.token_hex(4)}-{i}" for i in range(BURST_REQUESTS)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
+        statuses = [status for status, _ in
+                    pool.map(lambda n: http_json(port, "POST", "/items", {"name": n}), names)]
+    seconds = time.monotonic() - started
+    stop.set()
+    sampler.join(5)
+    print(f"{app}: {BURST_REQUESTS} requests in {seconds:.2f} s "
+          f"({BURST_REQUESTS / seconds:.0f}/s), peak {peak[0]} app backends "
+          f"(max_db_connections {ceiling})")
+    assert statuses == [201] * BURST_REQUESTS
+    assert 1 <= peak[0] <= ceiling
 
 
 @pytest.mark.parametrize("app", [LAMBDA_APP, TS_LAMBDA_APP])
