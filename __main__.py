@@ -13,7 +13,7 @@ import pulumi
 from components import Environment, EnvironmentArgs
 from components.kubernetes import KubernetesEnvironment, KubernetesEnvironmentArgs
 from components.stack_config import given_tls, load_stack
-from poolkit.config import NAMESPACE, StackConfig
+from poolkit.config import NAMESPACE, S3_SECRET_KEY, StackConfig
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout
 from poolkit.outputs import Outputs
 from poolkit.sizing import Plan
@@ -26,6 +26,7 @@ def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None
         app_password=config.get_secret("app_password"),
         migrator_password=config.get_secret("migrator_password"),
         given_tls=given_tls(stack, config),
+        backup_s3_key_secret=config.get_secret(S3_SECRET_KEY),
     ))  # fmt: skip
     pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
     pulumi.export(Outputs.POOLED_URL, environment.pooled_url)

@@ -16,7 +16,7 @@ import pulumi
 import pulumi_docker as docker
 
 from poolkit.config import StackConfig
-from poolkit.layouts import STACK_LABEL
+from poolkit.layouts import COMPONENT_LABEL, STACK_LABEL
 from poolkit.render import Layout
 from poolkit.secrets import Secrets
 from poolkit.sizing import Plan
@@ -122,7 +122,7 @@ def docker_name(stack: str, *parts: str) -> str:
 
 def labels(stack: str, component: str) -> dict[str, str]:
     """Labels that let tools (and ``docker ps --filter``) find a stack's objects."""
-    return {STACK_LABEL: stack, "poolkit.component": component}
+    return {STACK_LABEL: stack, COMPONENT_LABEL: component}
 
 
 def label_args(kind: type[LabelArgs], stack: str, component: str) -> list[LabelArgs]:

@@ -7,6 +7,8 @@ Kept in the stack's state, the salts make every render of the verifiers byte-sta
 
 from __future__ import annotations
 
+from typing import Any
+
 import pulumi
 import pulumi_random as random
 
@@ -21,8 +23,13 @@ PASSWORD_LENGTH = 32
 def stack_credentials(
     parent: pulumi.Resource, name: str, stack: StackConfig, superuser: str,
     app_password: pulumi.Input[str] | None, migrator_password: pulumi.Input[str] | None,
+    *, backup_s3_key_secret: pulumi.Input[str] | None = None,
 ) -> pulumi.Output[Secrets]:  # fmt: skip
-    """Credentials of every role; ``app_password``/``migrator_password`` None: generated."""
+    """Credentials of every role; ``app_password``/``migrator_password`` None: generated.
+
+    With ``poolkit:backup``: the repository's cipher passphrase (generated once, kept in state,
+    only ever uploaded) and, for an S3 repository, its secret key.
+    """
     child = pulumi.ResourceOptions(parent=parent)
     db = stack.database
     users = {
@@ -46,12 +53,19 @@ def stack_credentials(
         ).b64_std
         parts[role] = pulumi.Output.all(password, salt)
     generated = {role for role in users if given.get(role) is None}
+    extras: dict[str, pulumi.Input[str]] = {}
+    if stack.backup.enabled:
+        extras["backup_passphrase"] = random.RandomPassword(
+            f"{name}-backup-passphrase", length=64, special=False, opts=child
+        ).result
+        if stack.backup.repo == "s3" and backup_s3_key_secret is not None:
+            extras["backup_s3_key_secret"] = backup_s3_key_secret
 
-    def build(values: dict[str, list[str]]) -> Secrets:
+    def build(values: dict[str, Any]) -> Secrets:
         return Secrets(**{
-            role: Credential(user=users[role], password=password, salt=salt,
+            role: Credential(user=users[role], password=values[role][0], salt=values[role][1],
                              iterations=iterations_for(generated=role in generated))
-            for role, (password, salt) in values.items()
-        })  # fmt: skip
+            for role in users
+        }, **{key: value for key, value in values.items() if key not in users})  # fmt: skip
 
-    return pulumi.Output.secret(pulumi.Output.all(**parts).apply(build))
+    return pulumi.Output.secret(pulumi.Output.all(**parts, **extras).apply(build))

@@ -50,6 +50,8 @@ class EnvironmentArgs:
     """``BASE_IMAGE`` build arg of every image."""
     given_tls: GivenTls | None = None
     """The stack's own certificate (secrets); generated into the state when None."""
+    backup_s3_key_secret: pulumi.Input[str] | None = None
+    """Secret key of the S3 backup repository (``poolkit:backup_s3_key_secret``)."""
 
 
 class Environment(pulumi.ComponentResource):
@@ -93,7 +95,8 @@ class Environment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )  # fmt: skip
         secrets = stack_credentials(self, name, stack, layout.superuser, args.app_password,
-                                    args.migrator_password)  # fmt: skip
+                                    args.migrator_password,
+                                    backup_s3_key_secret=args.backup_s3_key_secret)  # fmt: skip
         self.certificates = None
         self.tls_ca = None
         tls = None

@@ -27,6 +27,8 @@ from poolkit.render import (
     TLS_KEY,
     render_init_sql,
     render_pg_hba,
+    render_pgbackrest_conf,
+    render_pgpass,
     render_postgresql_conf,
 )
 
@@ -49,6 +51,8 @@ class Postgres(pulumi.ComponentResource):
 
     image: docker.Image
     volume: docker.Volume
+    backup_volume: docker.Volume | None
+    """pgBackRest's repository (``poolkit:backup`` enabled with repo posix), else None."""
     container: docker.Container
     container_name: pulumi.Output[str]
     published_port: int | None
@@ -86,6 +90,20 @@ class Postgres(pulumi.ComponentResource):
         ]  # fmt: skip
         if stack.postgres_tls and args.tls is not None:
             uploads += tls_uploads(args.tls, config_dir, TLS_CERT, TLS_KEY)
+        volumes = [docker.ContainerVolumeArgs(volume_name=self.volume.name,
+                                              container_path=layout.data_directory)]
+        self.backup_volume = None
+        if stack.backup.enabled:
+            uploads += self._backup_uploads(args)
+        if stack.backup.enabled and stack.backup.repo == "posix":
+            self.backup_volume = docker.Volume(
+                f"{name}-backups",
+                name=docker_name(stack.stack, "backups"),
+                labels=label_args(docker.VolumeLabelArgs, stack.stack, "backups"),
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            )  # fmt: skip
+            volumes.append(docker.ContainerVolumeArgs(volume_name=self.backup_volume.name,
+                                                      container_path=layout.backup_repo_path))
         self.published_port = stack.postgres.port if stack.postgres.publish else None
         ports = None
         if self.published_port is not None:
@@ -97,8 +115,7 @@ class Postgres(pulumi.ComponentResource):
             f"{name}-container",
             name=docker_name(stack.stack, "postgres"),
             image=image_ref(self.image),
-            volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name,
-                                                container_path=layout.data_directory)],
+            volumes=volumes,
             uploads=uploads,
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(
                 name=args.network, aliases=[NETWORK_ALIAS])],
@@ -131,5 +148,15 @@ class Postgres(pulumi.ComponentResource):
             "container_name": self.container_name,
             "image": self.container.image,
             "volume": self.volume.name,
+            "backup_volume": self.backup_volume.name if self.backup_volume else None,
             "published_port": self.published_port,
         })  # fmt: skip
+
+    @staticmethod
+    def _backup_uploads(args: PostgresArgs) -> list[docker.ContainerUploadArgs]:
+        """pgbackrest.conf (the repository's passphrase) and the superuser's password file."""
+        stack, layout = args.stack, args.layout
+        conf = args.secrets.apply(lambda s: render_pgbackrest_conf(stack, s, layout))
+        return [upload(layout.pgbackrest_conf, pulumi.Output.secret(conf), "0600"),
+                upload(layout.pgpass, pulumi.Output.secret(args.secrets.apply(render_pgpass)),
+                       "0600")]  # fmt: skip

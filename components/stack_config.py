@@ -21,6 +21,7 @@ from poolkit import node_apps, tls
 from poolkit.config import (
     NAMESPACE,
     PASSWORD_ENV,
+    S3_SECRET_KEY,
     TLS_SECRET_KEYS,
     ConfigError,
     Encrypted,
@@ -31,9 +32,9 @@ from poolkit.layouts import target_problems
 from poolkit.sizing import Plan
 from poolkit.sizing import plan as size
 
-OBJECT_KEYS = ("postgres", "pgbouncer", "database", "apps", "tls", "kubernetes")
+OBJECT_KEYS = ("postgres", "pgbouncer", "database", "apps", "tls", "kubernetes", "backup")
 PASSWORD_KEYS = tuple(PASSWORD_ENV)  # app_password, migrator_password
-SECRET_KEYS = (*PASSWORD_KEYS, *TLS_SECRET_KEYS)
+SECRET_KEYS = (*PASSWORD_KEYS, *TLS_SECRET_KEYS, S3_SECRET_KEY)
 """Read only to be validated; resources take them from ``Config.get_secret``."""
 
 
@@ -104,7 +105,9 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
     pems = {field: in_secrets for field in ("certificate", "key", "ca")
             if getattr(stack.tls, field) is not None}  # fmt: skip
     tls_spec = dataclasses.replace(stack.tls, **pems)
-    return dataclasses.replace(stack, database=no_passwords, tls=tls_spec), plan
+    s3_secret = in_secrets if stack.backup_s3_key_secret is not None else None
+    return dataclasses.replace(stack, database=no_passwords, tls=tls_spec,
+                               backup_s3_key_secret=s3_secret), plan
 
 
 def ensure_node_build(stack: StackConfig) -> None:

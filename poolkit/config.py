@@ -37,6 +37,11 @@ PASSWORD_ENV = {
     "migrator_password": "POOLKIT_MIGRATOR_PASSWORD",
     "external_admin_password": "POOLKIT_EXTERNAL_ADMIN_PASSWORD",
 }
+S3_SECRET_KEY = "backup_s3_key_secret"
+"""Stack secret holding the S3 repository's secret access key."""
+S3_SECRET_ENV = "POOLKIT_BACKUP_S3_KEY_SECRET"
+CRON = re.compile(r"^\S+( \S+){4}$")
+S3_TEXT = re.compile(r"^[A-Za-z0-9._:/-]*$")
 TLS_SECRET_KEYS = ("tls_certificate", "tls_key", "tls_ca")
 """Stack secrets holding the user's own PEM certificate, key and (optional) CA."""
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
@@ -202,6 +207,38 @@ class DatabaseSpec:
 
 
 @dataclass(frozen=True)
+class BackupSpec:
+    """pgBackRest: WAL archiving plus full/differential backups to one encrypted repository."""
+
+    enabled: bool = False
+    """Archive WAL and allow ``poolkit backup``/``restore``; the prod example turns it on."""
+    repo: str = "posix"
+    """posix (the local state dir's ``backups/``, or the Docker target's backup volume) | s3."""
+    retention_full: int = 2
+    """Full backups kept; older ones (and the WAL only they need) are expired."""
+    retention_diff: int = 6
+    """Differential backups kept."""
+    full_schedule: str = "0 1 * * 0"
+    """cron: when ``poolkit backup --type full`` runs (Sunday 01:00)."""
+    diff_schedule: str = "0 1 * * 1-6"
+    """cron: when ``poolkit backup --type diff`` runs (Monday to Saturday 01:00)."""
+    archive_timeout: int = 60
+    """Seconds after which a partly filled WAL segment is archived: the recovery point bound."""
+    s3_bucket: str = ""
+    s3_endpoint: str = ""
+    """Host name (optionally host:port) of the S3 API, e.g. s3.eu-west-1.amazonaws.com."""
+    s3_region: str = ""
+    s3_key: str = ""
+    """Access key id (not secret); the secret key is ``poolkit:backup_s3_key_secret``."""
+    s3_path: str = "/poolkit"
+    """Folder in the bucket."""
+    s3_uri_style: str = "host"
+    """host (virtual-hosted buckets) | path (MinIO and other S3-compatible servers)."""
+    s3_verify_tls: bool = True
+    """Verify the S3 server's certificate; false only for a test server on loopback."""
+
+
+@dataclass(frozen=True)
 class AppSpec:
     name: str
     style: str
@@ -249,6 +286,9 @@ class StackConfig:
     target: str = "docker"
     """Where the Pulumi program deploys: docker | kubernetes."""
     kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
+    backup: BackupSpec = field(default_factory=BackupSpec)
+    backup_s3_key_secret: str | Encrypted | None = None
+    """``poolkit:backup_s3_key_secret``: the S3 repository's secret access key."""
     warnings: tuple[str, ...] = ()
 
     @property
@@ -447,6 +487,27 @@ APP_RULES: dict[str, Rule] = {
 }  # fmt: skip
 APP_REQUIRED = ("name", "style")
 
+_S3_TEXT_FIX = "use letters, digits and . _ : / - only"
+_CRON_CHECK = _matches(CRON, "five cron fields separated by single spaces")
+BACKUP_RULES: dict[str, Rule] = {
+    "enabled": Rule(bool, "use true or false"),
+    "repo": Rule(str, "use posix (a directory or volume) or s3", _one_of("posix", "s3")),
+    "retention_full": Rule(int, "keep 1 to 100 full backups", _between(1, 100)),
+    "retention_diff": Rule(int, "keep 1 to 100 differential backups", _between(1, 100)),
+    "full_schedule": Rule(str, "write five cron fields, e.g. '0 1 * * 0'", _CRON_CHECK),
+    "diff_schedule": Rule(str, "write five cron fields, e.g. '0 1 * * 1-6'", _CRON_CHECK),
+    "archive_timeout": Rule(int, "use seconds between 1 and 3600 (60 bounds the loss to ~1 min)",
+                            _between(1, 3600)),
+    "s3_bucket": Rule(str, _S3_TEXT_FIX, _matches(S3_TEXT, "a bucket name")),
+    "s3_endpoint": Rule(str, _S3_TEXT_FIX, _matches(S3_TEXT, "a host name or host:port")),
+    "s3_region": Rule(str, _S3_TEXT_FIX, _matches(S3_TEXT, "a region name")),
+    "s3_key": Rule(str, _S3_TEXT_FIX, _matches(S3_TEXT, "an access key id")),
+    "s3_path": Rule(str, "use an absolute folder such as /poolkit",
+                    _matches(re.compile(r"^/[A-Za-z0-9._/-]*$"), "an absolute folder")),
+    "s3_uri_style": Rule(str, "use host or path", _one_of("host", "path")),
+    "s3_verify_tls": Rule(bool, "use true or false (false only for a test server)"),
+}  # fmt: skip
+
 
 def _volume_check(v: str) -> str | None:
     try:
@@ -572,6 +633,16 @@ def _read_pem(key: str, raw: Any, problems: list[Problem]) -> str | Encrypted | 
                                 f"pulumi config set --secret {NAMESPACE}:{key} < file.pem"))
         return None
     return raw
+
+
+def _read_s3_secret(raw: Any, problems: list[Problem]) -> str | Encrypted | None:
+    if raw is None or (isinstance(raw, str) and raw and "\n" not in raw):
+        return raw
+    if isinstance(raw, Mapping) and set(raw) == {"secure"}:
+        return Encrypted(str(raw["secure"]))
+    problems.append(Problem(f"{NAMESPACE}:{S3_SECRET_KEY}", "***", "must be one line of text",
+                            f"pulumi config set --secret {NAMESPACE}:{S3_SECRET_KEY} …"))
+    return None
 
 
 def _read_apps(raw: Any, problems: list[Problem]) -> tuple[AppSpec, ...]:
@@ -750,6 +821,31 @@ def _exposure_checks(stack: StackConfig, problems: list[Problem]) -> None:
                                 "remove it: a generated certificate comes with its own CA"))
 
 
+def _backup_checks(stack: StackConfig, problems: list[Problem]) -> None:
+    """An S3 repository needs its bucket, endpoint, region and both keys."""
+    backup, where = stack.backup, f"{NAMESPACE}:backup"
+    if backup.enabled and stack.target == "kubernetes":
+        problems.append(Problem(f"{where}.enabled", True, "is not supported by the Kubernetes "
+                                "target yet", "use the docker or local target for backups, or "
+                                "remove poolkit:backup"))  # fmt: skip
+    if backup.enabled and stack.postgres.external:
+        problems.append(Problem(f"{where}.enabled", True, "cannot back up an external Postgres "
+                                "(poolkit does not run it, so it cannot archive its WAL)",
+                                "back it up where it runs, or remove poolkit:backup"))
+    if not (backup.enabled and backup.repo == "s3"):
+        return
+    for key in ("s3_bucket", "s3_endpoint", "s3_region", "s3_key"):
+        if not getattr(backup, key):
+            problems.append(Problem(f"{where}.{key}", "", "is required when repo is s3",
+                                    f"set {where}.{key}, or use repo: posix"))  # fmt: skip
+    if stack.backup_s3_key_secret is None and not os.environ.get(S3_SECRET_ENV):
+        problems.append(Problem(
+            f"{NAMESPACE}:{S3_SECRET_KEY}", None, "is required when backup.repo is s3",
+            f"pulumi config set --secret {NAMESPACE}:{S3_SECRET_KEY} …, or export "
+            f"{S3_SECRET_ENV} (local target)",
+        ))  # fmt: skip
+
+
 def _warnings(stack: StackConfig) -> tuple[str, ...]:
     warnings = []
     if stack.pgbouncer.pool_mode == "session":
@@ -762,8 +858,8 @@ def _warnings(stack: StackConfig) -> tuple[str, ...]:
 
 
 SECTIONS = {"postgres": POSTGRES_RULES, "pgbouncer": PGBOUNCER_RULES, "database": DATABASE_RULES,
-            "tls": TLS_RULES, "kubernetes": KUBERNETES_RULES}
-TOP_LEVEL = (*SECTIONS, "apps", "target", *PASSWORD_ENV, *TLS_SECRET_KEYS)
+            "tls": TLS_RULES, "kubernetes": KUBERNETES_RULES, "backup": BACKUP_RULES}
+TOP_LEVEL = (*SECTIONS, "apps", "target", *PASSWORD_ENV, *TLS_SECRET_KEYS, S3_SECRET_KEY)
 
 
 def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
@@ -811,6 +907,7 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
     passwords = {key: _read_password(key, ours.get(key), problems) for key in PASSWORD_ENV}
     pems = {key.removeprefix("tls_"): _read_pem(key, ours.get(key), problems)
             for key in TLS_SECRET_KEYS}
+    s3_secret = _read_s3_secret(ours.get(S3_SECRET_KEY), problems)
     apps = _read_apps(ours.get("apps"), problems)
     if problems:
         raise ConfigError(problems)
@@ -824,8 +921,11 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
         tls=TlsSpec(**sections["tls"], **pems),
         target=target,
         kubernetes=KubernetesSpec(**kubernetes),
+        backup=BackupSpec(**sections["backup"]),
+        backup_s3_key_secret=s3_secret,
     )
     _cross_checks(config, problems)
+    _backup_checks(config, problems)
     if problems:
         raise ConfigError(problems)
     return StackConfig(**{**config.__dict__, "warnings": _warnings(config)})

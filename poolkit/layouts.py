@@ -23,11 +23,15 @@ DOCKER_PGBOUNCER_SERIES = "1.24"
 
 STACK_LABEL = "poolkit.stack"
 """Docker label naming the stack on each of its containers, networks and volumes."""
+COMPONENT_LABEL = "poolkit.component"
+"""Docker label naming the role of a container, network or volume (postgres, pgbouncer, …)."""
 POSTGRES_ALIAS = "postgres"
 PGBOUNCER_ALIAS = "pgbouncer"
 """Network aliases of the Postgres and PgBouncer containers on the stack's private network."""
 CA_FILE_NAME = "tls-ca.crt"
 """The CA certificate clients verify with, written beside the stack's other local files."""
+BACKUP_DIR = "backups"
+"""The local target's posix pgBackRest repository, in the stack's state dir."""
 APP_CA_DIR = "/etc/poolkit"
 """Where the app containers find that CA (``TLS_CA``, their URLs' ``sslrootcert``)."""
 
@@ -141,6 +145,10 @@ def local_layout(stack: StackConfig, state_dir: Path, superuser: str) -> Layout:
         public_postgres_port=stack.postgres.port,
         public_pgbouncer_port=stack.pgbouncer.port,
         tls_ca_file=ca_file,
+        backup_repo_path=str(state / BACKUP_DIR),
+        backup_lock_path=str(state / "run" / "pgbackrest"),
+        restore_dir=str(state / "data.restore"),
+        previous_dir=str(state / "data.previous"),
     ))  # fmt: skip
 
 DOCKER_DEFAULT_SHM_MB = 64

@@ -233,6 +233,19 @@ def smoke_in_network(stack: str, outputs: Mapping[str, Any]) -> bool:
     return done.returncode == 0 and all(check.ok for check in checks)
 
 
+def ensure_backups(stack: StackConfig) -> None:
+    """pgBackRest's stanza in the Postgres container, so WAL archiving works from the start."""
+    from poolkit import backup
+    from poolkit.backup_targets import DockerTarget
+
+    try:
+        backup.ensure_stanza(DockerTarget(stack))
+    except (backup.BackupError, backup.BackupRefused) as error:
+        raise PulumiError(f"pgBackRest stanza {stack.stack}: {error}") from None
+    click.echo(f"pgBackRest stanza {stack.stack} ready: WAL is archived to the repository",
+               err=True)  # fmt: skip
+
+
 def up(
     stack: str | StackConfig,
     project: Path | None = None,
@@ -262,6 +275,8 @@ def up(
     outputs = stack_outputs(name, project)
     path = _write_env(name, outputs, env_file or project / f".env.{name}")
     click.echo(f"wrote {path} (0600)", err=True)
+    if isinstance(stack, StackConfig) and stack.backup.enabled:
+        ensure_backups(stack)
     if not smoke:
         return path
     if outputs.get(Outputs.POSTGRES_PORT) is not None:

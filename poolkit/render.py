@@ -56,6 +56,26 @@ class Layout:
     tls_sslmode: str = "verify-full"
     """sslmode of the URLs when TLS is on: verify-full, or weaker only on a private network
     whose names a given certificate does not carry (see ``layouts``)."""
+    backup_repo_path: str = "/var/lib/pgbackrest"
+    """pgBackRest's posix repository (the Docker target mounts the backup volume here)."""
+    backup_lock_path: str = "/tmp/pgbackrest"
+    restore_dir: str = "/var/lib/postgresql/data/.poolkit-restore"
+    """Where ``poolkit restore`` fills a fresh data directory before switching to it."""
+    previous_dir: str = "/var/lib/postgresql/data/.poolkit-previous"
+    """Where a switch keeps the data directories it replaced (one folder per restore)."""
+
+    @property
+    def pgbackrest_conf(self) -> str:
+        return f"{self.config_dir}/{PGBACKREST_CONF}"
+
+    @property
+    def pgpass(self) -> str:
+        return f"{self.config_dir}/{PGPASS}"
+
+
+PGBACKREST_CONF = "pgbackrest.conf"
+PGPASS = "superuser.pgpass"
+"""libpq password file of the superuser, for pgBackRest's connection over the private socket."""
 
 
 class RenderError(ValueError):
@@ -103,9 +123,14 @@ _ENVIRONMENT = jinja2.Environment(
     lstrip_blocks=True,
     autoescape=False,
 )
+def _pgpass_field(value: Any) -> str:
+    """A field of a libpq password file: ``\\`` and ``:`` escaped."""
+    return _single_line(value).replace("\\", "\\\\").replace(":", "\\:")
+
+
 _ENVIRONMENT.filters.update(
     conf_string=_conf_string, ident=_ident, sql_literal=_sql_literal, ini=_ini_value,
-    line=_single_line,
+    line=_single_line, pgpass=_pgpass_field,
 )  # fmt: skip
 
 
@@ -118,10 +143,39 @@ def _render(template: str, **context: Any) -> str:
     return _TEMPLATES[template].render(**context)
 
 
+def archive_command(stack: StackConfig, layout: Layout) -> str:
+    """The command Postgres runs for each finished WAL segment (no secret: they are in the
+    0600 pgbackrest.conf)."""
+    return f"pgbackrest --config={layout.pgbackrest_conf} --stanza={stack.stack} archive-push %p"
+
+
 def render_postgresql_conf(stack: StackConfig, plan: Plan, layout: Layout) -> str:
     settings = sorted(plan.postgres, key=lambda s: s.name)
+    archive = archive_command(stack, layout) if stack.backup.enabled else None
     return _render("postgresql.conf.j2", stack=stack, layout=layout, tls_cert=TLS_CERT,
-                   tls_key=TLS_KEY, settings=settings)  # fmt: skip
+                   tls_key=TLS_KEY, settings=settings, archive_command=archive)  # fmt: skip
+
+
+def _nested_excludes(layout: Layout) -> list[str]:
+    """Folders of a restore that sit inside the data directory: never part of a backup."""
+    data = layout.data_directory.rstrip("/") + "/"
+    return [path.removeprefix(data) for path in (layout.restore_dir, layout.previous_dir)
+            if path.startswith(data)]  # fmt: skip
+
+
+def render_pgbackrest_conf(stack: StackConfig, secrets: Secrets, layout: Layout) -> str:
+    """pgBackRest's config: the encrypted repository, retention, and how to reach Postgres."""
+    backup = stack.backup
+    host, _, port = backup.s3_endpoint.partition(":")
+    repo_path = backup.s3_path if backup.repo == "s3" else layout.backup_repo_path
+    return _render("pgbackrest.conf.j2", stack=stack, layout=layout, backup=backup,
+                   secrets=secrets, repo_path=repo_path, s3_host=host, s3_port=port,
+                   excludes=_nested_excludes(layout))  # fmt: skip
+
+
+def render_pgpass(secrets: Secrets) -> str:
+    """The superuser's libpq password file line (pgBackRest connects over the socket)."""
+    return _render("pgpass.j2", credential=secrets.superuser)
 
 
 ANY_ADDRESS = ("0.0.0.0/0", "::/0")
@@ -291,6 +345,9 @@ def render_all(stack: StackConfig, plan: Plan, secrets: Secrets, layout: Layout)
             "pg_hba.conf": render_pg_hba(stack, layout),
             "init.sql": render_init_sql(stack, secrets),
         }
+        if stack.backup.enabled:
+            files[PGBACKREST_CONF] = render_pgbackrest_conf(stack, secrets, layout)
+            files[PGPASS] = render_pgpass(secrets)
     files |= {peer.ini: render_pgbouncer_ini(stack, plan, layout, peer.peer_id)
               for peer in pgbouncer_peers(plan, layout)}
     files["userlist.txt"] = render_userlist(secrets)
@@ -299,7 +356,8 @@ def render_all(stack: StackConfig, plan: Plan, secrets: Secrets, layout: Layout)
     return files
 
 
-PRIVATE_FILES = frozenset({"userlist.txt", "init.sql", "external-init.sql"})
+PRIVATE_FILES = frozenset({"userlist.txt", "init.sql", "external-init.sql", PGBACKREST_CONF,
+                           PGPASS})
 
 
 def is_private(name: str) -> bool:

@@ -10,11 +10,19 @@ import base64
 import json
 import os
 import secrets as random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from poolkit import scram
-from poolkit.config import ConfigError, Encrypted, Problem, StackConfig, password_from_env
+from poolkit.config import (
+    S3_SECRET_ENV,
+    S3_SECRET_KEY,
+    ConfigError,
+    Encrypted,
+    Problem,
+    StackConfig,
+    password_from_env,
+)
 
 ADMIN_USER = "pgbouncer_admin"
 STATS_USER = "pgbouncer_stats"
@@ -45,6 +53,13 @@ class Secrets:
     """PgBouncer console user allowed to PAUSE, RESUME and RELOAD."""
     pgbouncer_stats: Credential
     """PgBouncer console user that may only run SHOW commands."""
+    backup_passphrase: str = field(default="", repr=False)
+    """pgBackRest's repository cipher passphrase (aes-256-cbc); generated once, kept."""
+    backup_s3_key_secret: str = field(default="", repr=False)
+    """The S3 repository's secret key, when the stack uses one (never saved by poolkit)."""
+
+
+CREDENTIALS = tuple(f.name for f in fields(Secrets) if f.type == "Credential")
 
 
 def generate_password() -> str:
@@ -85,10 +100,31 @@ def external_admin_password(stack: StackConfig) -> str | None:
     return _given_password(stack, "external_admin_password")
 
 
+def generate_passphrase() -> str:
+    """A repository cipher passphrase: 384 random bits, URL-safe."""
+    return random.token_urlsafe(48)
+
+
+def s3_key_secret(stack: StackConfig) -> str:
+    """The S3 secret key for the local target: the environment, else the stack file."""
+    value = os.environ.get(S3_SECRET_ENV) or stack.backup_s3_key_secret or ""
+    if isinstance(value, Encrypted):
+        raise ConfigError([Problem(
+            f"poolkit:{S3_SECRET_KEY}", "secure: …",
+            "is encrypted by Pulumi, which only `pulumi up` can decrypt",
+            f"for the local target export {S3_SECRET_ENV} instead",
+        )])  # fmt: skip
+    return value
+
+
 def resolve(stack: StackConfig, superuser: str, previous: Secrets | None = None) -> Secrets:
     """Credentials for ``stack``: given passwords win, then the previous ones, then new ones."""
     db = stack.database
+    backup = stack.backup
     return Secrets(
+        backup_passphrase=(previous and previous.backup_passphrase)
+        or (generate_passphrase() if backup.enabled else ""),
+        backup_s3_key_secret=s3_key_secret(stack) if backup.repo == "s3" else "",
         superuser=_credential(superuser, None, previous and previous.superuser),
         migrator=_credential(
             db.migrator_user, _given_password(stack, "migrator_password"),
@@ -107,8 +143,10 @@ def save(path: Path, secrets: Secrets) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        json.dump({f.name: asdict(getattr(secrets, f.name)) for f in fields(Secrets)}, handle,
-                  indent=2)  # fmt: skip
+        data: dict[str, object] = {name: asdict(getattr(secrets, name)) for name in CREDENTIALS}
+        if secrets.backup_passphrase:  # the S3 key is never saved
+            data["backup_passphrase"] = secrets.backup_passphrase
+        json.dump(data, handle, indent=2)
     os.chmod(path, 0o600)
 
 
@@ -117,4 +155,5 @@ def load(path: Path) -> Secrets | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    return Secrets(**{name: Credential(**value) for name, value in data.items()})
+    return Secrets(**{name: Credential(**data[name]) for name in CREDENTIALS},
+                   backup_passphrase=data.get("backup_passphrase", ""))  # fmt: skip

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import click
 
-from poolkit.cli import lifecycle, maintenance, measure, stack
+from poolkit.cli import backup, lifecycle, maintenance, measure, stack
 
 COMMANDS: tuple[click.Command, ...] = (
     stack.plan_command,
@@ -30,6 +30,10 @@ COMMANDS: tuple[click.Command, ...] = (
     maintenance.maintenance_group,
     measure.burst_command,
     measure.bench_command,
+    backup.backup_command,
+    backup.backups_command,
+    backup.restore_command,
+    backup.check_command,
 )
 
 

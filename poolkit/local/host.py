@@ -47,8 +47,8 @@ class Host:
         """Run ``argv`` to completion as the service user; output captured, no stdin."""
         try:
             return subprocess.run(argv, env=env or self.env(), cwd=cwd or self.paths.root,
-                                  capture_output=True, text=True, timeout=timeout, check=False,
-                                  stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, errors="replace",
+                                  timeout=timeout, check=False, stdin=subprocess.DEVNULL,
                                   **self.user.popen_kwargs())  # fmt: skip
         except subprocess.TimeoutExpired:
             name = Path(argv[0]).name

@@ -189,6 +189,8 @@ class Runner:
                 Postgres(host).converge(stack, tools.pg_version, project_root,
                                         credentials.superuser, changed, now.postgres, journal,
                                         self._pause_for_restart(now, old, credentials))  # fmt: skip
+                if stack.backup.enabled:
+                    self._ensure_backups(stack, user, journal)
             bouncer = PgBouncer(host, str(tools.pgbouncer), pgbouncer_peers(the_plan, layout))
             bouncer.converge(
                 stack, tools.pgbouncer_version, credentials, changed, now.pgbouncer, old, journal
@@ -207,6 +209,23 @@ class Runner:
             result.actions.append("nothing to change: every process was already running")
         result.seconds = time.monotonic() - t0
         return result
+
+    def _ensure_backups(self, stack: StackConfig, user: ServiceUser, journal: Journal) -> None:
+        """The repository folder and pgBackRest's stanza, so archiving works from the start."""
+        from poolkit import backup
+        from poolkit.backup_targets import LocalTarget
+        from poolkit.layouts import BACKUP_DIR
+        from poolkit.local.machine import own
+
+        if stack.backup.repo == "posix":
+            repo = self.paths.root / BACKUP_DIR
+            repo.mkdir(mode=0o700, exist_ok=True)
+            own(repo, user)
+        with self.progress.step(f"pgBackRest stanza {stack.stack} ({stack.backup.repo})"):
+            try:
+                backup.ensure_stanza(LocalTarget(stack, self.paths.root))
+            except (backup.BackupError, backup.BackupRefused) as error:
+                raise LocalError(str(error)) from None
 
     def _reload_certificates(
         self, host: Host, bouncer: PgBouncer, stack: StackConfig,

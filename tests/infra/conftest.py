@@ -56,7 +56,8 @@ def local_facts(state_dir: Path) -> Deployment:
     secrets: tuple[str, ...] = ()
     secrets_file = state_dir / "secrets.json"
     if secrets_file.exists():
-        secrets = tuple(v["password"] for v in json.loads(secrets_file.read_text()).values())
+        secrets = tuple(v["password"] if isinstance(v, dict) else v  # the backup passphrase
+                        for v in json.loads(secrets_file.read_text()).values())
     ports = {"postgres": state["postgres_port"], "pgbouncer": state["pgbouncer_port"]}
     ports |= {app["key"]: app["port"] for app in state["apps"]}
     return Deployment(

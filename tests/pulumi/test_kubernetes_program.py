@@ -19,6 +19,7 @@ from poolkit.layouts import kubernetes_layout
 from poolkit.manifests import KUBERNETES_VERSION, object_key, objects
 from poolkit.outputs import Outputs
 from poolkit.render import render_env
+from poolkit.secrets import CREDENTIALS
 from poolkit.sizing import plan
 
 from .harness import KUBERNETES, PASSWORD, PROJECT, RANDOM_ID, Deployment, deploy, is_secret
@@ -76,7 +77,7 @@ def test_secret_data_is_a_pulumi_secret_and_nothing_else_holds_one(deployed: Dep
             assert is_secret(resource.inputs["stringData"]), resource.urn
             continue
         text = json.dumps(resource.args)
-        for credential in vars(credentials).values():
+        for credential in (getattr(credentials, name) for name in CREDENTIALS):
             assert credential.password not in text, resource.urn
             assert credential.verifier not in text, resource.urn
 

@@ -6,6 +6,7 @@ and compares the recorded inputs with what the core model renders for that stack
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from poolkit.render import (
     render_env,
     render_init_sql,
     render_pg_hba,
+    render_pgbackrest_conf,
     render_pgbouncer_ini,
+    render_pgpass,
     render_postgresql_conf,
     render_userlist,
 )
-from poolkit.secrets import Credential, Secrets
+from poolkit.secrets import CREDENTIALS, Credential, Secrets
 from poolkit.sizing import Plan, plan
 
 from .harness import (
@@ -117,11 +120,20 @@ def test_postgres_configs_are_the_core_rendering(stack_name: str, deployed: Depl
     layout = docker_layout(stack)
     container = deployed.named("poolkit-postgres-container")
     files = uploads(container)
+    credentials = secrets_of(deployed, stack)
     expected = {
         "/etc/poolkit/postgresql.conf": (render_postgresql_conf(stack, sized, layout), "0644"),
         "/etc/poolkit/pg_hba.conf": (render_pg_hba(stack, layout), "0644"),
-        "/etc/poolkit/init.sql": (render_init_sql(stack, secrets_of(deployed, stack)), "0600"),
+        "/etc/poolkit/init.sql": (render_init_sql(stack, credentials), "0600"),
     }
+    if stack.backup.enabled:
+        passphrase = deployed.named("poolkit-backup-passphrase").state["result"]
+        with_passphrase = dataclasses.replace(credentials, backup_passphrase=passphrase)
+        expected |= {
+            layout.pgbackrest_conf: (render_pgbackrest_conf(stack, with_passphrase, layout),
+                                     "0600"),
+            layout.pgpass: (render_pgpass(credentials), "0600"),
+        }  # fmt: skip
     assert set(files) == set(expected), container.urn
     for path, (content, mode) in expected.items():
         assert files[path]["content"] == content, f"{container.urn}: {path} differs"
@@ -138,7 +150,7 @@ def test_userlist_holds_verifiers_never_passwords(dev: Deployment) -> None:
     assert userlist["permissions"] == "0600", container.urn
     for credential in (credentials.app, credentials.pgbouncer_admin, credentials.pgbouncer_stats):
         assert f'"{credential.user}" "{credential.verifier}"' in userlist["content"]
-    for credential in vars(credentials).values():
+    for credential in (getattr(credentials, name) for name in CREDENTIALS):
         assert credential.password not in userlist["content"], f"{container.urn}: password leaked"
     assert is_secret(container.inputs["uploads"]), f"{container.urn}: userlist.txt is not secret"
 

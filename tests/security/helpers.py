@@ -25,8 +25,9 @@ def secrets(stack: LocalStack) -> dict[str, dict[str, Any]]:
 def password_forms(stack: LocalStack) -> set[str]:
     """Every password of the stack, as is and percent-encoded (as URLs carry it)."""
     found = set()
-    for credential in secrets(stack).values():
-        found |= {credential["password"], quote(credential["password"], safe="")}
+    for credential in secrets(stack).values():  # credentials, and the backup passphrase
+        password = credential["password"] if isinstance(credential, dict) else credential
+        found |= {password, quote(password, safe="")}
     return found
 
 

@@ -1,0 +1,127 @@
+"""Backups and point-in-time restore on the Docker target: the real program, real pgBackRest.
+
+The stack (backups on, ``archive_timeout`` 2 s) is applied to the engine by the real program.
+Under a pooled write load: a full backup, more writes, a time T (the load held still for an
+instant), more writes; then the Postgres container is SIGKILLed and its data volume emptied.
+``poolkit restore --target pulumi --to latest`` brings back every acknowledged row, ``--to T``
+exactly the rows acknowledged before T; the replaced data is kept in the volume, and the
+containers and volumes are the ones the program made (no Pulumi state changes).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import docker
+import psycopg
+import pytest
+
+from poolkit import pulumi_target
+from poolkit.config import load_stack
+from poolkit.layouts import COMPONENT_LABEL
+from tests.backup.gated_load import DDL, GatedLoad, rows, server_now, wait_archived
+from tests.conftest import run_cli
+
+from .conftest import FIGURES
+from .engine_mocks import RUN_LABEL
+from .stack import E2EStack, bring_up, new_stack
+
+pytestmark = pytest.mark.e2e
+ARCHIVE_TIMEOUT_S = 2
+DATA = "/var/lib/postgresql/data"
+
+
+@pytest.fixture(scope="module")
+def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
+    stack = new_stack(client)
+    stack.config.pop("poolkit:apps")
+    stack.config["poolkit:backup"] = {"enabled": True, "archive_timeout": ARCHIVE_TIMEOUT_S}
+    import yaml
+
+    stack.stack_file.write_text(yaml.safe_dump({"config": stack.config}, sort_keys=False))
+    try:
+        bring_up(stack)
+        # What `poolkit up --target pulumi` does next for a stack with backups.
+        pulumi_target.ensure_backups(load_stack(stack.stack_file))
+        yield stack
+    finally:
+        left = stack.tear_down()
+        assert left == {"containers": [], "networks": [], "volumes": []}, left
+
+
+def cli(stack: E2EStack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, "--target", "pulumi", "--stack-file", str(stack.stack_file),
+                   check=check)  # fmt: skip
+
+
+def seconds_in(text: str, after: str) -> float:
+    match = re.search(rf"{after}[^\n]*? in ([0-9.]+) s", text)
+    assert match, text
+    return float(match.group(1))
+
+
+def empty_data_volume(stack: E2EStack) -> None:
+    """Delete everything in the data volume, as a lost disk would."""
+    postgres = stack.container("postgres")
+    volume = next(m["Name"] for m in postgres.attrs["Mounts"] if m["Destination"] == DATA)
+    stack.client.containers.run(
+        postgres.image.id, entrypoint=["find", DATA, "-mindepth", "1", "-delete"],
+        user="postgres", volumes={volume: {"bind": DATA, "mode": "rw"}}, remove=True,
+        labels={RUN_LABEL: stack.run_id},
+    )  # fmt: skip
+
+
+def test_backup_volume_and_private_config(stack: E2EStack) -> None:
+    volumes = stack.client.volumes.list(filters={"label": f"{COMPONENT_LABEL}=backups"})
+    assert [v.name for v in volumes if stack.name in v.name], "no backup volume"
+    postgres = stack.container("postgres")
+    done = postgres.exec_run(["stat", "-c", "%a %U", "/etc/poolkit/pgbackrest.conf"])
+    assert done.output.decode().split() == ["600", "postgres"]
+
+
+def test_pitr_under_write_load_after_sigkill_and_lost_volume(stack: E2EStack) -> None:
+    env = stack.env()
+    direct, pooled = env["DIRECT_URL"], env["DATABASE_URL"]
+    refused = cli(stack, "restore", "--to", "latest", "--yes", check=False)
+    assert refused.returncode == 2 and "no backup yet" in refused.stderr, refused.stderr
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute(DDL)
+    load = GatedLoad(pooled).start()
+    time.sleep(1.0)
+    taken = cli(stack, "backup", "--type", "full")
+    time.sleep(1.5)
+    with load.hold():
+        before_t = set(load.acked)
+        target = server_now(direct)
+        time.sleep(0.05)
+    time.sleep(1.5)
+    acked = load.stop()
+    assert len(before_t) > 50 and len(acked) > len(before_t) + 50
+    cli(stack, "check")
+    archived = wait_archived(direct, ARCHIVE_TIMEOUT_S * 10)
+
+    postgres = stack.container("postgres")
+    postgres.kill(signal="SIGKILL")
+    empty_data_volume(stack)
+
+    latest = cli(stack, "restore", "--to", "latest", "--yes")
+    assert rows(direct) == acked, "restore --to latest lost acknowledged rows"
+    at_t = cli(stack, "restore", "--to", target, "--yes")
+    assert rows(direct) == before_t, "restore --to T is not exactly the rows before T"
+    with psycopg.connect(pooled, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pitr").fetchone()[0] == len(before_t)
+    kept = postgres.exec_run(["ls", f"{DATA}/.poolkit-previous"], user="postgres")
+    assert len(kept.output.split()) == 2, kept.output
+    listed = cli(stack, "backups")
+    assert " full " in listed.stdout, listed.stdout
+    FIGURES["Docker backup and point-in-time restore"] = {
+        "full backup (pgbackrest, with stanza check)": seconds_in(taken.stdout, "backup"),
+        "after check: last commit -> WAL in the repository": archived,
+        "restore --to latest (restore + switch + recovery)": seconds_in(latest.stdout,
+                                                                         "restored and running"),
+        "restore --to T": seconds_in(at_t.stdout, "restored and running"),
+    }  # fmt: skip
+    print(f"rows: {len(acked)} acknowledged, {len(before_t)} before T")

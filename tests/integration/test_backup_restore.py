@@ -1,0 +1,137 @@
+"""Backups and point-in-time restore on the local target: real Postgres, PgBouncer, pgBackRest.
+
+Under a write load through PgBouncer: a full backup, more writes, a time T (the load held
+still for an instant), more writes; then Postgres is SIGKILLed and its data directory deleted.
+``restore --to latest`` brings back every acknowledged row; ``restore --to T`` exactly the
+rows acknowledged before T. Bad input is refused with exit code 2 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.backup.gated_load import DDL, GatedLoad, rows, server_now, wait_archived
+from tests.conftest import LocalStack, run_cli, start_local_stack, stop_local_stack
+
+pytestmark = pytest.mark.integration
+ARCHIVE_TIMEOUT_S = 2
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    stack = start_local_stack("poolkit-backup-", "pitr", with_apps=False,
+                              backup={"enabled": True, "archive_timeout": ARCHIVE_TIMEOUT_S})
+    try:
+        yield stack
+    finally:
+        stop_local_stack(stack)
+
+
+def cli(stack: LocalStack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, "--stack-file", str(stack.stack_file), "--state-dir",
+                   str(stack.state_dir), check=check)  # fmt: skip
+
+
+def test_pgbackrest_conf_is_private_and_passphrase_stays_out_of_argv(stack: LocalStack) -> None:
+    conf = stack.state_dir / "conf" / "pgbackrest.conf"
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"
+    assert "repo1-cipher-type=aes-256-cbc" in conf.read_text()
+    with psycopg.connect(stack.env()["DIRECT_URL"]) as conn:
+        (command,) = conn.execute("SHOW archive_command").fetchone()
+    assert command.startswith("pgbackrest --config=") and "cipher" not in command
+
+
+def test_restore_is_refused_before_any_backup(stack: LocalStack) -> None:
+    done = cli(stack, "restore", "--to", "latest", "--yes", check=False)
+    assert done.returncode == 2, done.stderr
+    assert "no backup yet" in done.stderr
+    assert not (stack.state_dir / "data.restore").exists()
+    assert not (stack.state_dir / "data.previous").exists()
+
+
+def test_pitr_under_write_load_after_sigkill_and_lost_data(stack: LocalStack) -> None:
+    env = stack.env()
+    direct, pooled = env["DIRECT_URL"], env["POOLED_DATABASE_URL"]
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute(DDL)
+    load = GatedLoad(pooled).start()
+    time.sleep(1.0)
+    taken = cli(stack, "backup", "--type", "full")
+    assert "backup " in taken.stdout
+    time.sleep(1.5)
+    with load.hold():
+        before_t = set(load.acked)
+        target = server_now(direct)
+        time.sleep(0.05)
+    time.sleep(1.5)
+    acked = load.stop()
+    assert len(before_t) > 50 and len(acked) > len(before_t) + 50
+    assert cli(stack, "check").returncode == 0
+    archived = wait_archived(direct, ARCHIVE_TIMEOUT_S * 10)
+
+    os.kill(stack.postmaster_pid(), signal.SIGKILL)
+    time.sleep(0.5)
+    shutil.rmtree(stack.state_dir / "data")
+
+    # Bad input first: a time before the first backup changes nothing.
+    early = cli(stack, "restore", "--to", "2020-01-01T00:00:00Z", "--yes", check=False)
+    assert early.returncode == 2 and "before the first backup" in early.stderr, early.stderr
+    assert not (stack.state_dir / "data").exists()
+
+    latest = cli(stack, "restore", "--to", "latest", "--yes")
+    assert "restored and running" in latest.stdout
+    assert rows(direct) == acked, "restore --to latest lost acknowledged rows"
+
+    at_t = cli(stack, "restore", "--to", target, "--yes")
+    assert rows(direct) == before_t, "restore --to T is not exactly the rows before T"
+    kept = sorted((stack.state_dir / "data.previous").iterdir())
+    assert len(kept) == 1, f"the replaced data directories were not kept: {kept}"
+    # The pooled path works again on the restored server.
+    with psycopg.connect(pooled, autocommit=True, prepare_threshold=None) as conn:
+        assert conn.execute("SELECT count(*) FROM pitr").fetchone()[0] == len(before_t)
+    print(f"\nlocal PITR: {len(acked)} rows acknowledged, {len(before_t)} before T; "
+          f"last commit archived after {archived:.1f} s\n{taken.stdout}{latest.stdout}"
+          f"{at_t.stdout}")  # fmt: skip
+
+
+def test_backups_lists_the_full_backup(stack: LocalStack) -> None:
+    listed = cli(stack, "backups")
+    assert " full " in listed.stdout, listed.stdout
+
+
+def test_wrong_passphrase_is_refused_and_changes_nothing(stack: LocalStack) -> None:
+    conf = stack.state_dir / "conf" / "pgbackrest.conf"
+    original = conf.read_text()
+    try:
+        conf.write_text("\n".join(
+            "repo1-cipher-pass=not-the-passphrase" if line.startswith("repo1-cipher-pass=")
+            else line for line in original.splitlines()) + "\n")  # fmt: skip
+        pid = stack.postmaster_pid()
+        done = cli(stack, "restore", "--to", "latest", "--yes", check=False)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "passphrase" in done.stderr
+        assert stack.postmaster_pid() == pid
+        assert not (stack.state_dir / "data.restore").exists()
+    finally:
+        conf.write_text(original)
+
+
+def test_missing_repository_is_refused(stack: LocalStack) -> None:
+    repo = stack.state_dir / "backups"
+    moved = Path(f"{repo}.moved")
+    repo.rename(moved)
+    try:
+        done = cli(stack, "restore", "--to", "latest", "--yes", check=False)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "no backup repository" in done.stderr
+    finally:
+        moved.rename(repo)
