@@ -64,7 +64,8 @@ def stack_credentials(
     def build(values: dict[str, Any]) -> Secrets:
         return Secrets(**{
             role: Credential(user=users[role], password=values[role][0], salt=values[role][1],
-                             iterations=iterations_for(generated=role in generated))
+                             iterations=iterations_for(generated=role in generated,
+                                                       user=users[role]))
             for role in users
         }, **{key: value for key, value in values.items() if key not in users})  # fmt: skip
 

@@ -107,6 +107,8 @@ class BurstSpec:
     """An invocation (connect + query) taking longer counts as a ``timeout`` error."""
     prepare: bool = False
     """Server-side prepares allowed: only when PGBOUNCER_PREPARED_STATEMENTS=on."""
+    query: str = QUERY
+    """What one invocation runs (``SELECT pg_sleep(1)`` holds a server like a slow handler)."""
     workers: int = field(default_factory=lambda: default_workers())
     """Processes the spike's instances are spread over (each its own asyncio loop). One loop
     computes every cold start's SCRAM proof in turn; on a multi-core machine more than one
@@ -133,6 +135,21 @@ class BurstSpec:
             problems.append(f"think time must be 0 or more (got {self.think_s})")
         if problems:
             raise BurstInputError("; ".join(problems))
+
+
+@dataclass
+class TimelinePoint:
+    """One sample of the run: seconds since the spike began and what was counted then."""
+
+    t: float
+    waiting: int | None = None
+    """Clients waiting for a server at PgBouncer (cl_waiting of the database)."""
+    servers_active: int | None = None
+    """Server connections running a transaction for the database (sv_active)."""
+    backends: int | None = None
+    """Client backends in pg_stat_activity (the sampler excluded)."""
+    errors: int = 0
+    """Errors of the fleet since the previous sample."""
 
 
 @dataclass
@@ -170,13 +187,19 @@ class BurstResult:
     samples: int = 0
     workers: int = 1
     notes: list[str] = field(default_factory=list)
+    timeline: list[TimelinePoint] = field(default_factory=list)
+    """What the samplers saw over time (every SAMPLE_EVERY_S), errors per sample included."""
 
     @property
     def error_total(self) -> int:
         return sum(self.errors.values())
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"error_total": self.error_total}
+    def as_dict(self, with_timeline: bool = False) -> dict[str, Any]:
+        """The figures; the timeline (one point per sample) only when asked for."""
+        figures = asdict(self) | {"error_total": self.error_total}
+        if not with_timeline:
+            del figures["timeline"]
+        return figures
 
     def lines(self) -> list[str]:
         """A short human-readable report."""
@@ -317,6 +340,8 @@ class Tally:
     connects: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
+    error_times: list[float] = field(default_factory=list)
+    """Wall-clock time (epoch seconds) of each error, for the timeline."""
 
     def merge(self, other: Tally) -> None:
         self.started += other.started
@@ -327,6 +352,7 @@ class Tally:
         self.warm += other.warm
         self.connects += other.connects
         self.errors.update(other.errors)
+        self.error_times += other.error_times
         for kind, text in other.examples.items():
             self.examples.setdefault(kind, text)
 
@@ -366,6 +392,7 @@ class _Fleet:
     def record_error(self, error: BaseException) -> None:
         kind = classify(error)
         self.tally.errors[kind] += 1
+        self.tally.error_times.append(time.time())
         if kind not in self.tally.examples:
             text = str(error).strip().splitlines()[0] if str(error).strip() else ""
             self.tally.examples[kind] = mask(f"{type(error).__name__}: {text}")[:200]
@@ -392,7 +419,7 @@ class _Fleet:
             async with asyncio.timeout(self.spec.invocation_timeout_s):
                 if conn is None:
                     conn = await self.connect()
-                cursor = await conn.execute(QUERY)
+                cursor = await conn.execute(self.spec.query)  # type: ignore[arg-type]
                 await cursor.fetchone()
         except (psycopg.Error, OSError, TimeoutError) as error:
             self.record_error(error)
@@ -520,6 +547,9 @@ class _Sampler:
         self.peak_servers: int | None = None
         self.samples = 0
         self.notes: list[str] = []
+        self.timeline: list[TimelinePoint] = []
+        """Filled in when the run is over; ``points`` holds (epoch, waiting, active, backends)."""
+        self.points: list[tuple[float, int | None, int | None, int | None]] = []
 
     async def open(self) -> None:
         if self.urls.direct:
@@ -539,6 +569,9 @@ class _Sampler:
 
     async def sample(self) -> None:
         self.samples += 1
+        total: int | None = None
+        waiting: int | None = None
+        active: int | None = None
         if self.direct is not None:
             try:
                 rows = await (await self.direct.execute(_BACKENDS_SQL)).fetchall()
@@ -558,6 +591,7 @@ class _Sampler:
                 ours = [r for r in rows if r["database"] == self.database]
                 clients = sum(int(r["cl_active"]) + int(r["cl_waiting"]) for r in ours)
                 waiting = sum(int(r["cl_waiting"]) for r in ours)
+                active = sum(int(r["sv_active"]) for r in ours)
                 servers = sum(
                     int(r.get(k) or 0)
                     for r in ours
@@ -570,6 +604,7 @@ class _Sampler:
                 self.notes.append(f"PgBouncer sampling stopped: {mask(str(error)).strip()[:160]}")
                 await _close(self.stats)
                 self.stats = None
+        self.points.append((time.time(), waiting, active, total))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -606,6 +641,7 @@ async def run_burst_async(urls: Urls, spec: BurstSpec, label: str = "burst") -> 
     zombie_tasks: list[asyncio.Task[None]] = []
     tally = Tally()
     began = time.monotonic()
+    began_epoch = time.time()
     try:
         if spec.zombies:
             events = [asyncio.Event() for _ in range(spec.zombies)]
@@ -616,6 +652,7 @@ async def run_burst_async(urls: Urls, spec: BurstSpec, label: str = "burst") -> 
         remaining = None if spec.invocations is None else spec.invocations - zombies.tally.started
         spike_spec = spec if remaining is None else replace(spec, invocations=max(1, remaining))
         began = time.monotonic()
+        began_epoch = time.time() + (WORKER_START_S if spec.workers > 1 else 0.0)
         if remaining is not None and remaining <= 0:
             pass  # the zombies used up the invocation budget
         elif spec.workers > 1:
@@ -658,11 +695,30 @@ async def run_burst_async(urls: Urls, spec: BurstSpec, label: str = "burst") -> 
         samples=sampler.samples,
         workers=spec.workers,
         notes=[*dict.fromkeys(sampler.notes)],
+        timeline=timeline(sampler.points, tally.error_times, began_epoch),
     )
     unfinished = tally.started - tally.ok - sum(tally.errors.values())
     if unfinished:
         result.notes.append(f"{unfinished} invocations were still running at the deadline "
                             "and are counted neither as ok nor as errors")  # fmt: skip
+    return result
+
+
+def timeline(
+    points: Sequence[tuple[float, int | None, int | None, int | None]],
+    error_times: Sequence[float],
+    began_epoch: float,
+) -> list[TimelinePoint]:
+    """Samples as seconds since the spike began, each with the errors since the one before."""
+    errors = sorted(error_times)
+    result, seen = [], 0
+    for at, waiting, active, backends in points:
+        upto = seen
+        while upto < len(errors) and errors[upto] <= at:
+            upto += 1
+        result.append(TimelinePoint(round(at - began_epoch, 3), waiting, active, backends,
+                                    upto - seen))  # fmt: skip
+        seen = upto
     return result
 
 

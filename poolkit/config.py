@@ -29,7 +29,8 @@ STACK_NAME = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9_.-]{1,100}\Z")
 STACK_NAME_FIX = "use letters, digits, -, _ and . (at most 100), as Pulumi does"
 PGBOUNCER_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
 # Roles the kit creates for itself; database users may not take these names.
-RESERVED_ROLES = frozenset({"postgres", "pgbouncer", "pgbouncer_admin", "pgbouncer_stats"})
+RESERVED_ROLES = frozenset({"postgres", "pgbouncer", "pgbouncer_admin", "pgbouncer_stats",
+                            "poolkit_monitor"})
 RESERVED_DATABASES = frozenset({"postgres", "pgbouncer", "template0", "template1"})
 MIN_PGBOUNCER = (1, 17)
 PASSWORD_ENV = {
@@ -167,6 +168,16 @@ class PgBouncerSpec:
 
 
 @dataclass(frozen=True)
+class MonitoringSpec:
+    exporters: bool = False
+    """Run pgbouncer_exporter and postgres_exporter with the stack (local target)."""
+    pgbouncer_exporter_port: int = 9127
+    """Port of pgbouncer_exporter's /metrics (127.0.0.1 on the local target)."""
+    postgres_exporter_port: int = 9187
+    """Port of postgres_exporter's /metrics (127.0.0.1 on the local target)."""
+
+
+@dataclass(frozen=True)
 class TlsSpec:
     names: tuple[str, ...] = ()
     """DNS names or IP addresses clients connect with: the URLs' host (the first) and the
@@ -281,6 +292,7 @@ class StackConfig:
     postgres: PostgresSpec = field(default_factory=PostgresSpec)
     pgbouncer: PgBouncerSpec = field(default_factory=PgBouncerSpec)
     database: DatabaseSpec = field(default_factory=DatabaseSpec)
+    monitoring: MonitoringSpec = field(default_factory=MonitoringSpec)
     apps: tuple[AppSpec, ...] = ()
     tls: TlsSpec = field(default_factory=TlsSpec)
     target: str = "docker"
@@ -472,6 +484,12 @@ DATABASE_RULES: dict[str, Rule] = {
 
 APP_RUNTIMES = ("python", "node")
 """Sample-app implementations: apps/ (psycopg) and apps/ts/ (Prisma 7 + TypeScript)."""
+
+MONITORING_RULES: dict[str, Rule] = {
+    "exporters": Rule(bool, "use true or false"),
+    "pgbouncer_exporter_port": PORT,
+    "postgres_exporter_port": PORT,
+}
 
 APP_RULES: dict[str, Rule] = {
     "name": Rule(str, "use lower-case letters, digits and -, starting with a letter",
@@ -750,6 +768,14 @@ def _cross_checks(stack: StackConfig, problems: list[Problem]) -> None:
                                 "clashes with poolkit:postgres.port",
                                 "give PgBouncer its own port, e.g. 6432"))  # fmt: skip
     taken[bouncer.port] = f"{ns}:pgbouncer.port"
+    if stack.monitoring.exporters:
+        for key in ("pgbouncer_exporter_port", "postgres_exporter_port"):
+            port = getattr(stack.monitoring, key)
+            if port in taken:
+                problems.append(Problem(f"{ns}:monitoring.{key}", port,
+                                        f"clashes with {taken[port]}",
+                                        "give each exporter its own port"))  # fmt: skip
+            taken[port] = f"{ns}:monitoring.{key}"
     for index, app in enumerate(stack.apps):
         path = f"{ns}:apps[{index}]"
         if app.name in seen_names:
@@ -858,7 +884,8 @@ def _warnings(stack: StackConfig) -> tuple[str, ...]:
 
 
 SECTIONS = {"postgres": POSTGRES_RULES, "pgbouncer": PGBOUNCER_RULES, "database": DATABASE_RULES,
-            "tls": TLS_RULES, "kubernetes": KUBERNETES_RULES, "backup": BACKUP_RULES}
+            "tls": TLS_RULES, "kubernetes": KUBERNETES_RULES, "backup": BACKUP_RULES,
+            "monitoring": MONITORING_RULES}
 TOP_LEVEL = (*SECTIONS, "apps", "target", *PASSWORD_ENV, *TLS_SECRET_KEYS, S3_SECRET_KEY)
 
 
@@ -917,6 +944,7 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
         postgres=PostgresSpec(**sections["postgres"]),
         pgbouncer=PgBouncerSpec(**sections["pgbouncer"]),
         database=DatabaseSpec(**sections["database"], **passwords),
+        monitoring=MonitoringSpec(**sections["monitoring"]),
         apps=apps,
         tls=TlsSpec(**sections["tls"], **pems),
         target=target,

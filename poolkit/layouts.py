@@ -225,6 +225,12 @@ def _image_problems(stack: StackConfig) -> list[Problem]:
             "Debian trixie)",
             f'use "{DOCKER_PGBOUNCER_SERIES}", or leave the key out',
         ))  # fmt: skip
+    if stack.monitoring.exporters:
+        problems.append(Problem(
+            f"{NAMESPACE}:monitoring.exporters", True,
+            "is not run by the Docker target yet (the local target runs the exporters)",
+            "set it to false for this stack; `poolkit render` still writes prometheus-rules.yml",
+        ))  # fmt: skip
     return problems
 
 

@@ -1,7 +1,8 @@
-"""The bench's figure: throughput and latency, direct vs pooled vs naive (matplotlib, optional)."""
+"""Figures with matplotlib (optional): the bench's arms, a burst's timeline."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,43 @@ def _scram_panel(ax: Any, results: dict[str, Any]) -> None:
     ax.set_title("Connect storm vs SCRAM-SHA-256 iterations (kit config)")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_ylim(0, max([v or 0 for values in series.values() for v in values] + [1]) * 1.2)
+
+
+def plot_timeline(result: Any, path: Path) -> str | None:
+    """A burst over time: clients waiting, servers active, backends, errors (a BurstResult).
+
+    Returns the path written, or None when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    points = result.timeline
+    seconds = [p.t for p in points]
+    figure, (counts, errors) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
+                                            height_ratios=(3, 1))  # fmt: skip
+    for field, label, colour in (("waiting", "clients waiting (PgBouncer)", "#c0504d"),
+                                 ("servers_active", "servers active (PgBouncer)", "#4f81bd"),
+                                 ("backends", "Postgres client backends", "#9bbb59")):
+        values = [getattr(p, field) for p in points]
+        if any(v is not None for v in values):
+            counts.step(seconds, [float("nan") if v is None else v for v in values],
+                        where="post", label=label, color=colour)  # fmt: skip
+    counts.set_ylabel("connections")
+    counts.legend(loc="upper right", fontsize=8)
+    counts.grid(alpha=0.3)
+    widths = [b - a for a, b in itertools.pairwise(seconds)] + [0.05]
+    errors.bar(seconds, [p.errors for p in points], width=widths, align="edge",
+               color="#555555")  # fmt: skip
+    errors.set_ylabel("errors")
+    errors.set_xlabel("seconds since the spike began")
+    figure.suptitle(f"poolkit burst ({result.label}): {result.instances} instances + "
+                    f"{result.zombies} zombies, {result.ok} ok, {result.error_total} errors, "
+                    f"{result.endpoint}", fontsize=10)  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return str(path)

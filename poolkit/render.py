@@ -14,7 +14,7 @@ import jinja2
 
 from poolkit.config import StackConfig
 from poolkit.peering import Peer, peers
-from poolkit.secrets import Credential, Secrets
+from poolkit.secrets import MONITOR_USER, Credential, Secrets
 from poolkit.sizing import AppPlan, Plan
 from poolkit.urls import postgres_url, prisma_engine_params
 
@@ -191,11 +191,12 @@ def render_pg_hba(stack: StackConfig, layout: Layout) -> str:
     """
     db = stack.database
     ssl_only = {db.app_user: stack.pgbouncer.server_tls or stack.postgres_exposed,
-                db.migrator_user: stack.postgres_exposed}
+                db.migrator_user: stack.postgres_exposed, MONITOR_USER: stack.postgres_exposed}
+    roles = [db.migrator_user, db.app_user] + ([MONITOR_USER] if stack.monitoring.exporters else [])
     records = [
         {"type": "hostssl" if ssl_only[role] else "host", "database": db.name, "user": role,
          "address": network}
-        for role in (db.migrator_user, db.app_user)
+        for role in roles
         for network in layout.client_networks
     ]  # fmt: skip
     if stack.postgres_exposed:
@@ -351,9 +352,16 @@ def render_all(stack: StackConfig, plan: Plan, secrets: Secrets, layout: Layout)
     files |= {peer.ini: render_pgbouncer_ini(stack, plan, layout, peer.peer_id)
               for peer in pgbouncer_peers(plan, layout)}
     files["userlist.txt"] = render_userlist(secrets)
+    files["prometheus-rules.yml"] = _render_rules(stack, plan)
     for name, app in env_file_names(stack, plan).items():
         files[name] = render_env(stack, plan, secrets, layout, app)
     return files
+
+
+def _render_rules(stack: StackConfig, plan: Plan) -> str:
+    from poolkit.metrics import render_rules  # metrics imports this module
+
+    return render_rules(stack, plan)
 
 
 PRIVATE_FILES = frozenset({"userlist.txt", "init.sql", "external-init.sql", PGBACKREST_CONF,

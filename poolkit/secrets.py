@@ -26,6 +26,11 @@ from poolkit.config import (
 
 ADMIN_USER = "pgbouncer_admin"
 STATS_USER = "pgbouncer_stats"
+MONITOR_USER = "poolkit_monitor"
+"""Postgres login role of postgres_exporter: pg_monitor, nothing else."""
+EXPORTER_USERS = frozenset({STATS_USER, MONITOR_USER})
+"""Logins of the exporters, whose Go driver (lib/pq) refuses fewer SCRAM iterations than
+RFC 7677's 4096. An exporter connects once and stays connected, so the rounds cost nothing."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,16 @@ class Secrets:
     """PgBouncer console user allowed to PAUSE, RESUME and RELOAD."""
     pgbouncer_stats: Credential
     """PgBouncer console user that may only run SHOW commands."""
+    monitor: Credential | None = None
+    """Postgres role of postgres_exporter (pg_monitor). None where a target makes none."""
     backup_passphrase: str = field(default="", repr=False)
     """pgBackRest's repository cipher passphrase (aes-256-cbc); generated once, kept."""
     backup_s3_key_secret: str = field(default="", repr=False)
     """The S3 repository's secret key, when the stack uses one (never saved by poolkit)."""
 
 
-CREDENTIALS = tuple(f.name for f in fields(Secrets) if f.type == "Credential")
+CREDENTIALS = tuple(f.name for f in fields(Secrets) if f.type.startswith("Credential"))
+"""Every credential field; ``monitor`` may be None (a target that makes no such role)."""
 
 
 def generate_password() -> str:
@@ -71,16 +79,22 @@ def new_salt() -> str:
     return base64.b64encode(random.token_bytes(scram.SALT_BYTES)).decode()
 
 
-def iterations_for(generated: bool) -> int:
-    """SCRAM iterations: fewer for generated passwords, PostgreSQL's default for chosen ones."""
-    return scram.GENERATED_ITERATIONS if generated else scram.DEFAULT_ITERATIONS
+def iterations_for(generated: bool, user: str | None = None) -> int:
+    """SCRAM iterations: fewer for generated passwords, PostgreSQL's default for chosen ones
+    and for the exporters' logins (:data:`EXPORTER_USERS`)."""
+    if generated and user not in EXPORTER_USERS:
+        return scram.GENERATED_ITERATIONS
+    return scram.DEFAULT_ITERATIONS
 
 
 def _credential(user: str, password: str | None, previous: Credential | None) -> Credential:
+    iterations = iterations_for(generated=password is None, user=user)
     if previous and previous.user == user and password in (None, previous.password):
-        return previous
+        if previous.iterations == iterations:
+            return previous
+        password = previous.password  # same password, a verifier with the rounds now wanted
     return Credential(user=user, password=password or generate_password(), salt=new_salt(),
-                      iterations=iterations_for(generated=password is None))  # fmt: skip
+                      iterations=iterations)  # fmt: skip
 
 
 def _given_password(stack: StackConfig, key: str) -> str | None:
@@ -135,6 +149,7 @@ def resolve(stack: StackConfig, superuser: str, previous: Secrets | None = None)
         ),
         pgbouncer_admin=_credential(ADMIN_USER, None, previous and previous.pgbouncer_admin),
         pgbouncer_stats=_credential(STATS_USER, None, previous and previous.pgbouncer_stats),
+        monitor=_credential(MONITOR_USER, None, previous and previous.monitor),
     )  # fmt: skip
 
 
@@ -143,7 +158,8 @@ def save(path: Path, secrets: Secrets) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        data: dict[str, object] = {name: asdict(getattr(secrets, name)) for name in CREDENTIALS}
+        data: dict[str, object] = {name: asdict(value) for name in CREDENTIALS
+                                    if (value := getattr(secrets, name)) is not None}
         if secrets.backup_passphrase:  # the S3 key is never saved
             data["backup_passphrase"] = secrets.backup_passphrase
         json.dump(data, handle, indent=2)
@@ -155,5 +171,5 @@ def load(path: Path) -> Secrets | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    return Secrets(**{name: Credential(**data[name]) for name in CREDENTIALS},
+    return Secrets(**{name: Credential(**data[name]) for name in CREDENTIALS if name in data},
                    backup_passphrase=data.get("backup_passphrase", ""))  # fmt: skip

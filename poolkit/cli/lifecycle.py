@@ -6,6 +6,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -137,9 +138,15 @@ def restart_command(stack: StackChoice) -> None:
 @click.command("status")
 @stack_options(state_dir=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status_command(stack: StackChoice, as_json: bool) -> None:
+@click.option("--watch", is_flag=True,
+              help="Live view, redrawn every second: per pool clients active/waiting, servers "
+                   "active/idle, maxwait, tx/s; Postgres backends vs max_connections. Ctrl-C ends.")
+def status_command(stack: StackChoice, as_json: bool, watch: bool) -> None:
     """What runs (pid, OS user, port), PgBouncer's pool counters, the .env URLs (masked)."""
     report = stack.runner().status()
+    if watch:
+        _watch(report)
+        return
     urls: dict[str, str] = {}
     for path in report["env_files"][:1]:
         with contextlib.suppress(OSError, ValueError):
@@ -149,3 +156,16 @@ def status_command(stack: StackChoice, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         echo(status_lines(report))
+
+
+def _watch(report: dict[str, Any]) -> None:
+    from poolkit import watch
+
+    if not report["env_files"]:
+        raise StepFailed(f"no .env for {report['state_dir']}: run poolkit up first")
+    env_file = Path(report["env_files"][0])
+    try:
+        env = read_env(env_file)
+        watch.watch(env, f"poolkit {report['stack'] or '?'}: PgBouncer pools ({env_file.name})")
+    except (OSError, ValueError) as error:
+        raise BadInput(f"cannot use {env_file}: {error}") from None

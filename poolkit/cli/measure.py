@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from poolkit.cli.errors import BadInput, config_error, step_failed
+from poolkit.cli.errors import BadInput, StepFailed, config_error, step_failed
 from poolkit.cli.output import echo
 from poolkit.config import ConfigError
 from poolkit.project import project_root
@@ -33,10 +33,16 @@ from poolkit.project import project_root
               help="Mean idle seconds of an instance between two invocations.")
 @click.option("--workers", type=click.IntRange(1, 16),
               help="Simulator processes [default: one per CPU, at most 4].")
+@click.option("--hold", type=click.FloatRange(0, 60), default=0.0, show_default=True,
+              metavar="S", help="Seconds each invocation holds its server (SELECT pg_sleep(S)); "
+                                "0 runs SELECT 1.")
+@click.option("--timeline", type=click.Path(path_type=Path, dir_okay=False), metavar="PNG",
+              help="Also draw clients waiting, servers active, backends and errors over time.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def burst_command(url_env_file: Path, target: str, instances: int, duration: float | None,
                   invocations: int | None, zombies: int, ramp: float, think: float,
-                  workers: int | None, as_json: bool) -> None:
+                  workers: int | None, hold: float, timeline: Path | None,
+                  as_json: bool) -> None:
     """Simulate a serverless spike against one URL of a stack (127.0.0.1 only).
 
     Instances cold-start (own connection each), serve invocations on it while warm (Lambda
@@ -54,6 +60,7 @@ def burst_command(url_env_file: Path, target: str, instances: int, duration: flo
         instances=instances, zombies=zombies, ramp_s=min(ramp, seconds / 2), think_s=think,
         invocations=invocations, duration_s=seconds,
         **({"workers": workers} if workers else {}),
+        **({"query": f"SELECT pg_sleep({hold:g})"} if hold else {}),
     )  # fmt: skip
     try:
         result = burst.run_from_env_file(url_env_file, target, spec)
@@ -61,6 +68,12 @@ def burst_command(url_env_file: Path, target: str, instances: int, duration: flo
         raise BadInput(str(error)) from None
     except (OSError, RuntimeError) as error:
         raise step_failed(error) from None
+    if timeline is not None:
+        from poolkit.plot import plot_timeline
+
+        if plot_timeline(result, timeline) is None:
+            raise StepFailed("--timeline needs matplotlib: .venv/bin/pip install matplotlib")
+        result.notes.append(f"timeline of {len(result.timeline)} samples written to {timeline}")
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:

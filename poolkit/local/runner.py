@@ -16,7 +16,7 @@ from poolkit import console, external, node_apps
 from poolkit import secrets as stack_secrets
 from poolkit.config import NAMESPACE, ConfigError, Problem, StackConfig
 from poolkit.layouts import local_layout
-from poolkit.local import apps, files
+from poolkit.local import apps, exporters, files
 from poolkit.local import external as local_external
 from poolkit.local.apps import Replica
 from poolkit.local.errors import LocalError
@@ -98,6 +98,7 @@ class Running:
     pgbouncer: int | None
     apps: dict[str, int]
     notes: list[str]
+    exporters: dict[str, int] = field(default_factory=dict)
 
 
 class Runner:
@@ -120,7 +121,9 @@ class Runner:
         running_apps = {n: p for n in self.paths.supervised() if n.startswith("app-")
                         and (p := self.paths.supervisor(n, notes))}  # fmt: skip
         read_pid(self.paths.run / "pgbouncer.pid", "pgbouncer", notes if not bouncer else None)
-        return Running(postgres, bouncer, running_apps, notes)
+        running_exporters = {n: p for n in exporters.NAMES
+                             if (p := self.paths.supervisor(n, notes))}  # fmt: skip
+        return Running(postgres, bouncer, running_apps, notes, running_exporters)
 
     # -- up --
 
@@ -167,6 +170,7 @@ class Runner:
         for note in now.notes:
             progress.note(note)
         self._check_ports(stack, replicas, now, old)
+        exporters.check_installed(stack)
 
         result = UpResult(stack=stack, plan=the_plan, tools=tools, user=user.name,
                           state_dir=paths.root, env_files=[], apps=replicas)  # fmt: skip
@@ -199,6 +203,7 @@ class Runner:
                 self._reload_certificates(host, bouncer, stack, credentials, journal)
             old_apps = old.app_records() if old else {}
             apps.converge(host, project_root, replicas, now.apps, old_apps, changed, journal)
+            exporters.converge(host, stack, credentials, now.exporters, journal)
         except BaseException:
             journal.rollback()
             raise
@@ -292,6 +297,9 @@ class Runner:
                 and old_apps.get(replica.key, {}).get("port") == replica.port
             ):
                 wanted.append((replica.port, f"app {replica.app} (replica {replica.index})"))
+        for name, port in exporters.ports(stack).items():
+            if not (name in now.exporters and old and old.exporter_ports.get(name) == port):
+                wanted.append((port, f"poolkit:monitoring ({name})"))
         busy = [f"{port} ({what})" for port, what in wanted if port_in_use(port)]
         if busy:
             raise LocalError(
@@ -318,6 +326,7 @@ class Runner:
             env_files=old.env_files if old else [],
             pgbouncer_peers=[dataclasses.asdict(peer) for peer in peers_of],
             external_applied=bool(old and old.external_applied),
+            exporter_ports=exporters.ports(stack),
         )  # fmt: skip
 
     # -- rolling restart --
@@ -395,6 +404,8 @@ class Runner:
             entry(name, pid, state.pgbouncer_port if state else None, child)
         for app in state.apps if state else []:
             entry(app["key"], self.paths.supervisor(app["key"]), app["port"])
+        for name, port in (state.exporter_ports if state else {}).items():
+            entry(name, self.paths.supervisor(name), port)
         pools: list[dict[str, Any]] = []
         credentials = stack_secrets.load(self.paths.secrets)
         if bouncer and credentials and state:

@@ -45,6 +45,8 @@ class StackState:
     """``Replica.record()`` of each sample-app replica."""
     env_files: list[str] = field(default_factory=list)
     """Every .env file ``up`` wrote (``down --purge`` deletes them)."""
+    exporter_ports: dict[str, int] = field(default_factory=dict)
+    """Port of each exporter ``up`` started (``poolkit:monitoring``), by supervised name."""
     pgbouncer_peers: list[dict[str, Any]] = field(default_factory=list)
     """``Peer`` of each PgBouncer process, as a dict (``peers()`` gives them back)."""
     external_applied: bool = False

@@ -78,6 +78,8 @@ def test_secret_data_is_a_pulumi_secret_and_nothing_else_holds_one(deployed: Dep
             continue
         text = json.dumps(resource.args)
         for credential in (getattr(credentials, name) for name in CREDENTIALS):
+            if credential is None:  # no poolkit_monitor role on this target
+                continue
             assert credential.password not in text, resource.urn
             assert credential.verifier not in text, resource.urn
 

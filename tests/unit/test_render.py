@@ -231,4 +231,7 @@ def test_generated_passwords_get_fewer_scram_iterations_than_chosen_ones(monkeyp
     credentials = stack_secrets.resolve(stack(), "postgres")
     assert credentials.app.verifier.startswith("SCRAM-SHA-256$4096:")
     assert credentials.migrator.verifier.startswith("SCRAM-SHA-256$256:")
-    assert credentials.pgbouncer_stats.iterations == 256
+    assert credentials.pgbouncer_admin.iterations == 256
+    # The exporters' logins: lib/pq refuses fewer than RFC 7677's 4096.
+    assert credentials.pgbouncer_stats.iterations == 4096
+    assert credentials.monitor is not None and credentials.monitor.iterations == 4096
