@@ -108,9 +108,14 @@ def _explain(done: Done, what: str) -> str:
                  r"does not exist", text):  # fmt: skip
         return (f"{what}: no backup repository for stanza here (missing or empty). Run "
                 "`poolkit backup` first, or point poolkit:backup at the repository that holds "
-                "the backups")  # fmt: skip
+                f"the backups (pgbackrest: {_errors(text)})")  # fmt: skip
+    return f"{what} failed (pgbackrest exit {done.returncode}): {_errors(text)}"
+
+
+def _errors(text: str) -> str:
+    """pgBackRest's ERROR lines (or its last lines), printable, at most 500 characters."""
     lines = [line for line in text.splitlines() if "ERROR" in line] or text.splitlines()[-5:]
-    return f"{what} failed (pgbackrest exit {done.returncode}): " + " / ".join(lines)
+    return " / ".join(lines).encode("ascii", "replace").decode()[:500]
 
 
 def ensure_stanza(target: Target) -> None:
