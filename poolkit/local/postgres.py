@@ -79,8 +79,20 @@ class Postgres:
         conf = self.paths.conf / "postgresql.conf"
         return ["-o", f"-c config_file={shlex.quote(str(conf))}"]
 
+    def _remove_stale_socket_locks(self) -> None:
+        """Socket lock files of a postmaster that is gone or a zombie (after SIGKILL, before its
+        parent reaps it): PostgreSQL only checks that the pid exists, so it would refuse to start
+        ("lock file … already exists")."""
+        for lock in self.paths.run.glob(".s.PGSQL.*.lock"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(lock.read_text(encoding="utf-8").split("\n", 1)[0])
+                if not pid_alive(pid, ""):
+                    lock.unlink()
+
     def start(self, restart: bool = False) -> None:
         """``pg_ctl start`` (or ``restart -m fast``) and wait until it accepts connections."""
+        if not restart:
+            self._remove_stale_socket_locks()
         action = ["restart", "-m", "fast"] if restart else ["start"]
         done = self.pg_ctl(action[0], *action[1:], "-l", str(self.log), "-w",
                            "-t", str(START_TIMEOUT_S), *self._server_options())  # fmt: skip

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +187,12 @@ class AppStack:
         return env
 
     def passwords(self) -> list[str]:
-        """Every password of the stack (superuser, migrator, app, PgBouncer console users)."""
+        """Every secret of the stack: each credential's password and the backup passphrases."""
         saved = stack_secrets.load(self.local.state_dir / "secrets.json")
         assert saved is not None, "the stack has no secrets.json"
-        return [getattr(saved, f.name).password for f in fields(saved)]
+        credentials = [getattr(saved, name) for name in stack_secrets.CREDENTIALS]
+        passphrases = [saved.backup_passphrase, saved.backup_s3_key_secret]
+        return [c.password for c in credentials if c is not None] + [p for p in passphrases if p]
 
     def console(self, command: str) -> list[dict[str, Any]]:
         """Run a SHOW command on the PgBouncer console as the stats user."""
