@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +40,7 @@ from poolkit import secrets as stack_secrets
 from poolkit.supervisor import STARTUP_GRACE_S
 from poolkit.urls import postgres_url
 from tests.apps import figures
+from tests.backends import peak_backends
 from tests.conftest import (
     REPO_ROOT,
     LocalStack,
@@ -143,25 +143,9 @@ class AppStack:
     def peak_app_backends(self) -> Iterator[list[int]]:
         """Sample the app role's Postgres backends every 10 ms during the block; the list's one
         value is the peak seen (through PgBouncer or not)."""
-        peak = [0]
-        done = threading.Event()
-
-        def sample() -> None:
-            with psycopg.connect(self.direct_url, autocommit=True) as conn:
-                while not done.is_set():
-                    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
-                                       " AND backend_type = 'client backend'",
-                                       (self.app_user,)).fetchone()  # fmt: skip
-                    peak[0] = max(peak[0], int(row[0]) if row else 0)
-                    done.wait(0.01)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
+        condition = "usename = %s AND backend_type = 'client backend'"
+        with peak_backends(self.direct_url, condition, (self.app_user,)) as peak:
             yield peak
-        finally:
-            done.set()
-            sampler.join(10)
 
     @property
     def max_db_connections(self) -> int:

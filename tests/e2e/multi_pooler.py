@@ -30,6 +30,7 @@ from poolkit.layouts import docker_layout
 from poolkit.outputs import Outputs
 from poolkit.render import pgbouncer_peers, render_pgbouncer_ini
 from poolkit.sizing import plan
+from tests.backends import peak_backends
 from tests.conftest import free_ports
 
 from .engine_mocks import RUN_LABEL
@@ -113,15 +114,7 @@ def pgbouncer_pids(container: Any) -> dict[str, int]:
 def burst(stack: E2EStack, pooler: dict[str, Any]) -> tuple[int, Counter[str]]:
     """``BURST_CLIENTS`` short-lived clients, 50 at once: (peak backends of the pooler, errors)."""
     direct = stack.env()["DIRECT_URL"]
-    stop, peak, errors = threading.Event(), [0], Counter[str]()
-
-    def sample() -> None:
-        with psycopg.connect(direct, autocommit=True) as conn:
-            while not stop.is_set():
-                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s",
-                                   (pooler["address"],)).fetchone()  # fmt: skip
-                peak[0] = max(peak[0], row[0] if row else 0)
-                time.sleep(0.02)
+    errors = Counter[str]()
 
     def client(i: int) -> None:
         try:
@@ -130,12 +123,9 @@ def burst(stack: E2EStack, pooler: dict[str, Any]) -> tuple[int, Counter[str]]:
         except Exception as error:  # counted, shown below
             errors[f"{type(error).__name__}: {str(error)[:60]}"] += 1
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    with ThreadPoolExecutor(50) as pool:
+    with (peak_backends(direct, "client_addr = %s", (pooler["address"],), every_s=0.02) as peak,
+          ThreadPoolExecutor(50) as pool):  # fmt: skip
         list(pool.map(client, range(BURST_CLIENTS)))
-    stop.set()
-    sampler.join(5)
     return peak[0], errors
 
 

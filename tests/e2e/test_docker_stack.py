@@ -17,7 +17,6 @@ import re
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ import pytest
 from poolkit import console
 from poolkit.local import port_in_use
 from poolkit.outputs import Outputs
+from tests.backends import peak_backends
 from tests.drivers import harness
 from tests.infra.docker_facts import container_facts
 from tests.pulumi.harness import PROJECT
@@ -280,27 +280,15 @@ def test_workers_burst_keeps_postgres_backends_within_max_db_connections(
     with psycopg.connect(stats, autocommit=True, prepare_threshold=None) as conn:
         config = {row[0]: row[1] for row in conn.execute("SHOW CONFIG").fetchall()}
     ceiling = int(config["max_db_connections"])
-    stop, peak = threading.Event(), [0]
-
-    def sample() -> None:
-        with psycopg.connect(stack.env()["DIRECT_URL"], autocommit=True) as conn:
-            while not stop.is_set():
-                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
-                                   " AND backend_type = 'client backend'").fetchone()  # fmt: skip
-                peak[0] = max(peak[0], row[0] if row else 0)
-                time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     port = stack.app_port(app)
     names = [f"wb-{app}-{secrets.token_hex(4)}-{i}" for i in range(BURST_REQUESTS)]
     started = time.monotonic()
-    with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
+    with (peak_backends(stack.env()["DIRECT_URL"],
+                        "usename = 'app' AND backend_type = 'client backend'") as peak,
+          ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool):  # fmt: skip
         statuses = [status for status, _ in
                     pool.map(lambda n: http_json(port, "POST", "/items", {"name": n}), names)]
     seconds = time.monotonic() - started
-    stop.set()
-    sampler.join(5)
     print(f"{app}: {BURST_REQUESTS} requests in {seconds:.2f} s "
           f"({BURST_REQUESTS / seconds:.0f}/s), peak {peak[0]} app backends "
           f"(max_db_connections {ceiling})")

@@ -31,6 +31,7 @@ from poolkit.local import detect_tools
 from poolkit.local.machine import service_user
 from poolkit.manifests import pgbouncer_files
 from poolkit.sizing import plan
+from tests.backends import peak_backends
 from tests.conftest import LocalStack, free_ports, start_local_stack, stop_local_stack
 
 pytestmark = pytest.mark.integration
@@ -109,15 +110,7 @@ def test_burst_over_the_replicas_stays_within_the_budget(replicas: Replicas) -> 
     env = replicas.stack.env()
     pooled, direct = env["POOLED_DATABASE_URL"], env["DIRECT_URL"]
     app_user = conninfo_to_dict(pooled)["user"]
-    stop, peak, errors, served = threading.Event(), [0], Counter[str](), Counter[int]()
-
-    def sample() -> None:
-        with psycopg.connect(direct, autocommit=True) as conn:
-            while not stop.is_set():
-                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
-                                   (app_user,)).fetchone()  # fmt: skip
-                peak[0] = max(peak[0], row[0] if row else 0)
-                time.sleep(0.02)
+    errors, served = Counter[str](), Counter[int]()
 
     def client(i: int) -> None:
         port = replicas.ports[i % REPLICAS]  # the Service's spreading, round-robin
@@ -128,14 +121,11 @@ def test_burst_over_the_replicas_stays_within_the_budget(replicas: Replicas) -> 
         except Exception as error:  # counted, shown below
             errors[f"{type(error).__name__}: {str(error).strip()[:80]}"] += 1
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     started = time.monotonic()
-    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+    with (peak_backends(direct, "usename = %s", (app_user,), every_s=0.02) as peak,
+          ThreadPoolExecutor(CLIENT_THREADS) as pool):  # fmt: skip
         list(pool.map(client, range(BURST_CLIENTS)))
     took = time.monotonic() - started
-    stop.set()
-    sampler.join(5)
     print(f"{REPLICAS} replicas x max_db_connections {replicas.share} (budget {replicas.budget}): "
           f"{BURST_CLIENTS} clients in {took:.1f} s, peak {peak[0]} backends of {app_user}, "
           f"served per replica {dict(served)}, errors {dict(errors)}")  # fmt: skip

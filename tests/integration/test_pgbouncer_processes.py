@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from poolkit import console
 from poolkit.local import detect_tools
 from poolkit.split import PEERING_SINCE
+from tests.backends import peak_backends
 from tests.conftest import LocalStack, start_local_stack, stop_local_stack
 
 pytestmark = pytest.mark.integration
@@ -96,15 +97,7 @@ def test_burst_of_short_lived_clients_stays_within_the_budget(stack: LocalStack)
     budget = int(env["PGBOUNCER_SERVER_BUDGET"])
     pooled, direct = env["POOLED_DATABASE_URL"], env["DIRECT_URL"]
     app_user = conninfo_to_dict(pooled)["user"]
-    stop, peak, errors = threading.Event(), [0], Counter[str]()
-
-    def sample() -> None:
-        with psycopg.connect(direct, autocommit=True) as conn:
-            while not stop.is_set():
-                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
-                                   (app_user,)).fetchone()  # fmt: skip
-                peak[0] = max(peak[0], row[0] if row else 0)
-                time.sleep(0.02)
+    errors = Counter[str]()
 
     def client(i: int) -> None:
         try:
@@ -114,14 +107,11 @@ def test_burst_of_short_lived_clients_stays_within_the_budget(stack: LocalStack)
         except Exception as error:  # counted, shown below
             errors[type(error).__name__] += 1
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     started = time.monotonic()
-    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+    with (peak_backends(direct, "usename = %s", (app_user,), every_s=0.02) as peak,
+          ThreadPoolExecutor(CLIENT_THREADS) as pool):  # fmt: skip
         list(pool.map(client, range(BURST_CLIENTS)))
     took = time.monotonic() - started
-    stop.set()
-    sampler.join(5)
     print(f"{_processes(stack)} processes: {BURST_CLIENTS} clients in {took:.1f} s, "
           f"peak {peak[0]} backends of {app_user} (budget {budget}), errors {dict(errors)}")
     assert not errors

@@ -30,6 +30,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.settings import ROOT
 
 from tests import dynamic_resources
+from tests.dynamic_resources import plain
 
 from .random_values import random_id, random_password
 
@@ -44,16 +45,6 @@ PASSWORD = "random:index/randomPassword:RandomPassword"
 RANDOM_ID = "random:index/randomId:RandomId"
 KUBERNETES = "kubernetes:"
 """Type prefix of every pulumi_kubernetes resource (``kubernetes:apps/v1:Deployment``)."""
-
-
-def plain(value: Any) -> Any:
-    """``value`` with Pulumi's secret markers removed, recursively."""
-    value = rpc.unwrap_rpc_secret(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def is_secret(value: Any) -> bool:
