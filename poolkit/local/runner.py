@@ -285,9 +285,8 @@ class Runner:
         """Every port a process of ours will newly bind must be free, checked up front."""
         old_apps = old.app_records() if old else {}
         wanted = []
-        if stack.postgres.external:
-            pass  # no Postgres runs here
-        elif not (now.postgres and old and old.postgres_port == stack.postgres.port):
+        same_postgres = bool(now.postgres and old and old.postgres_port == stack.postgres.port)
+        if not stack.postgres.external and not same_postgres:  # an external one runs elsewhere
             wanted.append((stack.postgres.port, "poolkit:postgres.port"))
         if not (now.pgbouncer and old and old.pgbouncer_port == stack.pgbouncer.port):
             wanted.append((stack.pgbouncer.port, "poolkit:pgbouncer.port"))
