@@ -263,14 +263,20 @@ def kubernetes_problems(stack: StackConfig) -> list[Problem]:
             "remove it; run migrations in the cluster (the migrate Job) or through "
             "`kubectl port-forward`",
         ))  # fmt: skip
-    if stack.postgres.external:
-        problems.append(Problem(
-            f"{ns}:postgres.external", stack.postgres.external.host,
-            "is not supported by the Kubernetes target yet (it runs its own Postgres)",
-            "front an external Postgres with the local target (poolkit up --target local), or "
-            "remove the section",
-        ))  # fmt: skip
+    problems += _external_refused(stack, "Kubernetes", "it runs its own Postgres")
     return problems
+
+
+def _external_refused(stack: StackConfig, target: str, why: str) -> list[Problem]:
+    """Bring-your-own Postgres, which only the local target fronts so far."""
+    if not stack.postgres.external:
+        return []
+    return [Problem(
+        f"{NAMESPACE}:postgres.external", stack.postgres.external.host,
+        f"is not supported by the {target} target yet ({why})",
+        "front an external Postgres with the local target (poolkit up --target local), or "
+        "remove the section",
+    )]  # fmt: skip
 
 
 def target_problems(stack: StackConfig) -> list[Problem]:
@@ -284,11 +290,5 @@ def docker_problems(stack: StackConfig) -> list[Problem]:
     Checked before any resource exists, so ``pulumi up`` fails early instead of in a build.
     """
     problems = _image_problems(stack)
-    if stack.postgres.external:
-        problems.append(Problem(
-            f"{NAMESPACE}:postgres.external", stack.postgres.external.host,
-            "is not supported by the Docker target yet (the Pulumi program runs its own Postgres)",
-            "front an external Postgres with the local target (poolkit up --target local), or "
-            "remove the section",
-        ))  # fmt: skip
+    problems += _external_refused(stack, "Docker", "the Pulumi program runs its own Postgres")
     return problems
