@@ -9,9 +9,11 @@ row written after is committed after it.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import psycopg
 
@@ -95,3 +97,41 @@ def wait_archived(url: str, timeout_s: float) -> float:
                 return time.monotonic() - started
             time.sleep(0.2)
     raise AssertionError(f"WAL segment {segment} not archived within {timeout_s} s")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """What happened around a backup under load: the rows acknowledged before the time T noted
+    between them, all rows acknowledged, and when the last commit reached the repository."""
+
+    taken: subprocess.CompletedProcess[str]
+    """The ``poolkit backup`` run."""
+    before_t: set[tuple[int, int]]
+    target: str
+    """T, the server's clock while the load was held."""
+    acked: set[tuple[int, int]]
+    archived_s: float
+
+
+def write_around_a_backup(
+    run: Callable[..., subprocess.CompletedProcess[str]], direct: str, pooled: str,
+    archive_timeout_s: float,
+) -> Timeline:  # fmt: skip
+    """Under a gated write load through ``pooled``: a full backup, rows, T (noted with the load
+    held, so no commit straddles it), more rows; then ``check`` and the wait until the last
+    commit is archived. ``run(*args)`` is the target's ``poolkit`` command."""
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute(DDL)
+    load = GatedLoad(pooled).start()
+    time.sleep(1.0)
+    taken = run("backup", "--type", "full")
+    time.sleep(1.5)
+    with load.hold():
+        before_t = set(load.acked)
+        target = server_now(direct)
+        time.sleep(0.05)
+    time.sleep(1.5)
+    acked = load.stop()
+    assert len(before_t) > 50 and len(acked) > len(before_t) + 50
+    run("check")
+    return Timeline(taken, before_t, target, acked, wait_archived(direct, archive_timeout_s * 10))

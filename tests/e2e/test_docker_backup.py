@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 
 import docker
@@ -22,7 +21,7 @@ import pytest
 from poolkit import pulumi_target
 from poolkit.config import load_stack
 from poolkit.layouts import COMPONENT_LABEL
-from tests.backup.gated_load import DDL, GatedLoad, rows, server_now, wait_archived
+from tests.backup.gated_load import rows, write_around_a_backup
 from tests.conftest import run_cli
 
 from .conftest import FIGURES
@@ -87,21 +86,10 @@ def test_pitr_under_write_load_after_sigkill_and_lost_volume(stack: E2EStack) ->
     direct, pooled = env["DIRECT_URL"], env["DATABASE_URL"]
     refused = cli(stack, "restore", "--to", "latest", "--yes", check=False)
     assert refused.returncode == 2 and "no backup yet" in refused.stderr, refused.stderr
-    with psycopg.connect(direct, autocommit=True) as conn:
-        conn.execute(DDL)
-    load = GatedLoad(pooled).start()
-    time.sleep(1.0)
-    taken = cli(stack, "backup", "--type", "full")
-    time.sleep(1.5)
-    with load.hold():
-        before_t = set(load.acked)
-        target = server_now(direct)
-        time.sleep(0.05)
-    time.sleep(1.5)
-    acked = load.stop()
-    assert len(before_t) > 50 and len(acked) > len(before_t) + 50
-    cli(stack, "check")
-    archived = wait_archived(direct, ARCHIVE_TIMEOUT_S * 10)
+    timeline = write_around_a_backup(lambda *args: cli(stack, *args), direct, pooled,
+                                     ARCHIVE_TIMEOUT_S)  # fmt: skip
+    taken, before_t, target, acked = (timeline.taken, timeline.before_t, timeline.target,
+                                      timeline.acked)  # fmt: skip
 
     postgres = stack.container("postgres")
     postgres.kill(signal="SIGKILL")
@@ -119,7 +107,7 @@ def test_pitr_under_write_load_after_sigkill_and_lost_volume(stack: E2EStack) ->
     assert " full " in listed.stdout, listed.stdout
     FIGURES["Docker backup and point-in-time restore"] = {
         "full backup (pgbackrest, with stanza check)": seconds_in(taken.stdout, "backup"),
-        "after check: last commit -> WAL in the repository": archived,
+        "after check: last commit -> WAL in the repository": timeline.archived_s,
         "restore --to latest (restore + switch + recovery)": seconds_in(latest.stdout,
                                                                          "restored and running"),
         "restore --to T": seconds_in(at_t.stdout, "restored and running"),

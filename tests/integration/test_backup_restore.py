@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.backup.gated_load import DDL, GatedLoad, rows, server_now, wait_archived
+from tests.backup.gated_load import rows, write_around_a_backup
 from tests.conftest import LocalStack, run_cli, start_local_stack, stop_local_stack
 
 pytestmark = pytest.mark.integration
@@ -61,22 +61,11 @@ def test_restore_is_refused_before_any_backup(stack: LocalStack) -> None:
 def test_pitr_under_write_load_after_sigkill_and_lost_data(stack: LocalStack) -> None:
     env = stack.env()
     direct, pooled = env["DIRECT_URL"], env["POOLED_DATABASE_URL"]
-    with psycopg.connect(direct, autocommit=True) as conn:
-        conn.execute(DDL)
-    load = GatedLoad(pooled).start()
-    time.sleep(1.0)
-    taken = cli(stack, "backup", "--type", "full")
+    timeline = write_around_a_backup(lambda *args: cli(stack, *args), direct, pooled,
+                                     ARCHIVE_TIMEOUT_S)  # fmt: skip
+    taken, before_t, target, acked = (timeline.taken, timeline.before_t, timeline.target,
+                                      timeline.acked)  # fmt: skip
     assert "backup " in taken.stdout
-    time.sleep(1.5)
-    with load.hold():
-        before_t = set(load.acked)
-        target = server_now(direct)
-        time.sleep(0.05)
-    time.sleep(1.5)
-    acked = load.stop()
-    assert len(before_t) > 50 and len(acked) > len(before_t) + 50
-    assert cli(stack, "check").returncode == 0
-    archived = wait_archived(direct, ARCHIVE_TIMEOUT_S * 10)
 
     os.kill(stack.postmaster_pid(), signal.SIGKILL)
     time.sleep(0.5)
@@ -99,7 +88,7 @@ def test_pitr_under_write_load_after_sigkill_and_lost_data(stack: LocalStack) ->
     with psycopg.connect(pooled, autocommit=True, prepare_threshold=None) as conn:
         assert conn.execute("SELECT count(*) FROM pitr").fetchone()[0] == len(before_t)
     print(f"\nlocal PITR: {len(acked)} rows acknowledged, {len(before_t)} before T; "
-          f"last commit archived after {archived:.1f} s\n{taken.stdout}{latest.stdout}"
+          f"last commit archived after {timeline.archived_s:.1f} s\n{taken.stdout}{latest.stdout}"
           f"{at_t.stdout}")  # fmt: skip
 
 
