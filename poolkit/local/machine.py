@@ -139,27 +139,32 @@ def own(path: Path, user: ServiceUser) -> None:
         os.chown(path, user.uid, user.gid)
 
 
-def _traversable(path: Path, user: ServiceUser) -> bool:
+def _permitted(path: Path, user: ServiceUser, read: bool = False) -> bool:
+    """Whether ``user`` may enter ``path`` (and, with ``read``, list it)."""
     info = path.stat()
     if info.st_uid == user.uid:
-        return bool(info.st_mode & stat.S_IXUSR)
-    groups = os.getgrouplist(user.name, user.gid)
-    if info.st_gid in groups:
-        return bool(info.st_mode & stat.S_IXGRP)
-    return bool(info.st_mode & stat.S_IXOTH)
+        bits = stat.S_IXUSR | (stat.S_IRUSR if read else 0)
+    elif info.st_gid in os.getgrouplist(user.name, user.gid):
+        bits = stat.S_IXGRP | (stat.S_IRGRP if read else 0)
+    else:
+        bits = stat.S_IXOTH | (stat.S_IROTH if read else 0)
+    return info.st_mode & bits == bits
 
 
-def check_reachable(path: Path, user: ServiceUser, what: str) -> None:
-    """Fail unless ``user`` can walk down to ``path`` (pytest's tmp dirs are 0700, /root too)."""
+def check_reachable(path: Path, user: ServiceUser, what: str, listable: bool = False) -> None:
+    """Fail unless ``user`` can walk down to ``path`` (pytest's tmp dirs are 0700, /root too)
+    and, with ``listable``, list it (Python imports from a folder by listing it)."""
     if not user.switch:
         return
-    for parent in reversed(path.resolve().parents):
-        if not _traversable(parent, user):
-            mode = stat.S_IMODE(parent.stat().st_mode)
+    path = path.resolve()
+    steps = [(parent, False) for parent in reversed(path.parents)]
+    for folder, read in steps + ([(path, True)] if listable else []):
+        if not _permitted(folder, user, read):
+            mode = stat.S_IMODE(folder.stat().st_mode)
             raise LocalError(
                 f"the `{user.name}` OS user, which runs the servers, cannot reach {what} "
-                f"{path}: {parent} has mode {mode:04o}. Use --state-dir under a folder it can "
-                f"reach (e.g. /var/tmp/poolkit), or: chmod o+x {parent}"
+                f"{path}: {folder} has mode {mode:04o}. Use --state-dir under a folder it can "
+                f"reach (e.g. /var/tmp/poolkit), or: chmod o+{'rx' if read else 'x'} {folder}"
             )
 
 

@@ -22,6 +22,7 @@ from poolkit.local.apps import Replica
 from poolkit.local.errors import LocalError
 from poolkit.local.host import Host
 from poolkit.local.machine import (
+    PACKAGE_ROOT,
     ServiceUser,
     Tools,
     check_reachable,
@@ -144,6 +145,8 @@ class Runner:
         require_prepared_statements(tools)
         user = service_user()
         check_reachable(paths.root, user, "the state dir")
+        # The supervisors run as that user and import poolkit from the checkout.
+        check_reachable(PACKAGE_ROOT, user, "poolkit's code", listable=True)
         stack = installed_stack(stack, tools, progress)
         the_plan = plan(stack)
         credentials = stack_secrets.resolve(stack, user.name, stack_secrets.load(paths.secrets))
