@@ -6,8 +6,9 @@ rendered files carry as a comment above the line.
 Postgres memory and planner settings follow pgtune's reasoning (https://pgtune.leopard.in.ua,
 github.com/le0pard/pgtune): shared_buffers a quarter of RAM, effective_cache_size three
 quarters, work_mem spread over the connections that can run queries at once. Where pgtune must
-assume ``max_connections`` backends, poolkit knows the real bound: PgBouncer's
-``max_db_connections`` plus the direct-URL headroom, so work_mem is sized from that instead.
+assume ``max_connections`` backends, poolkit knows the bound: PgBouncer's ``max_db_connections``
+plus the direct-URL headroom, rounded up as the derived ``max_connections`` is, so work_mem is
+sized from that instead and a pool resize within the step leaves postgresql.conf unchanged.
 """
 
 from __future__ import annotations
@@ -167,6 +168,14 @@ def _connection_limit_why(pool: PoolPlan, app: AppPlan) -> str:
 # --- pool plan ---------------------------------------------------------------------------------
 
 
+def _rounded_connections(server_connections: int) -> int:
+    """PgBouncer's servers, the superuser slots and the direct-URL headroom, rounded up to a
+    multiple of MAX_CONNECTIONS_STEP: the derived max_connections, and the backend bound that
+    sizes work_mem. Both stay put while a pool resize stays within the step."""
+    needed = server_connections + SUPERUSER_RESERVED + DIRECT_HEADROOM
+    return MAX_CONNECTIONS_STEP * math.ceil(needed / MAX_CONNECTIONS_STEP)
+
+
 def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, tuple[AppPlan, ...]]:
     pg, bouncer = stack.postgres, stack.pgbouncer
     ns = NAMESPACE
@@ -180,8 +189,7 @@ def _pool_plan(stack: StackConfig, problems: list[Problem]) -> tuple[PoolPlan, t
     )
     server_connections = pool + reserve
     needed = server_connections + SUPERUSER_RESERVED + DIRECT_HEADROOM
-    derived = MAX_CONNECTIONS_STEP * math.ceil(needed / MAX_CONNECTIONS_STEP)
-    max_connections = pg.max_connections or derived
+    max_connections = pg.max_connections or _rounded_connections(server_connections)
     if pg.external:
         max_connections = pg.external.max_connections or needed
         if max_connections < needed:
@@ -383,8 +391,8 @@ def _postgres_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...
     per_gather = math.ceil(pg.cpus / 2) if parallel else 1
     if pg.workload != "dw":
         per_gather = min(per_gather, 4)
-    direct_slots = pool.max_connections - pool.server_connections - SUPERUSER_RESERVED
-    query_backends = pool.server_connections + min(DIRECT_HEADROOM, direct_slots)
+    query_backends = min(_rounded_connections(pool.server_connections),
+                         pool.max_connections) - SUPERUSER_RESERVED  # fmt: skip
     work_mem_kb = max(
         64,
         (mem_kb - shared_kb)
@@ -397,10 +405,11 @@ def _postgres_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...
 
     settings = [
         Setting("max_connections", str(pool.max_connections),
-                f"PgBouncer's {pool.server_connections} servers + {SUPERUSER_RESERVED} superuser "
-                f"slots + {DIRECT_HEADROOM} for the direct URL (migrations, listeners, "
-                f"monitoring), rounded up to a multiple of {MAX_CONNECTIONS_STEP} so a pool "
-                "resize is a PgBouncer reload, not a Postgres restart"
+                f"PgBouncer's servers + {SUPERUSER_RESERVED} superuser slots + "
+                f"{DIRECT_HEADROOM} for the direct URL (migrations, listeners, monitoring), "
+                f"rounded up to a multiple of {MAX_CONNECTIONS_STEP}: room for up to "
+                f"{pool.max_connections - SUPERUSER_RESERVED - DIRECT_HEADROOM} servers, so a "
+                "pool resize within it is a PgBouncer reload, not a Postgres restart"
                 if not pg.max_connections else "set in the stack file"),
         Setting("superuser_reserved_connections", str(SUPERUSER_RESERVED),
                 "slots an administrator can still use when the rest are full"),
@@ -413,8 +422,9 @@ def _postgres_settings(stack: StackConfig, pool: PoolPlan) -> tuple[Setting, ...
         Setting("work_mem", format_kb(work_mem_kb),
                 f"pgtune: (RAM - shared_buffers) / ({query_backends} query backends x 3) / "
                 f"{per_gather} workers per gather / {WORK_MEM_DIVISOR[pg.workload]}; "
-                f"{query_backends} is the real bound PgBouncer enforces plus the direct-URL "
-                "headroom, not max_connections"),
+                f"{query_backends} is PgBouncer's servers plus the direct-URL headroom, rounded "
+                f"up to the multiple of {MAX_CONNECTIONS_STEP} that max_connections uses, so a "
+                "pool resize leaves postgresql.conf as it is"),
         Setting("wal_buffers", format_kb(wal_kb),
                 "pgtune: 3% of shared_buffers, between 32kB and 16MB, in whole 8kB pages"),
         Setting("min_wal_size", format_kb(min_wal),

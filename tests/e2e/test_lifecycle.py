@@ -5,8 +5,9 @@ follow the kit's retry guidance (``poolkit.retry``) through the pooled URL while
 runs again with three changes, one at a time: a pool resize, a password rotation (the owner
 role's) and a rebuilt Postgres image. After each: no acknowledged write is lost, no writer gave
 up, and a replaced Postgres stopped cleanly (fast shutdown, then a start without crash
-recovery) on the same data volume. Destroy stops every container gracefully and leaves only
-the images, as the provider does.
+recovery) on the same data volume. The pool resize stays within max_connections' rounding
+step, so it replaces PgBouncer only and the same postmaster keeps running. Destroy stops every
+container gracefully and leaves only the images, as the provider does.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ def postgres_log(stack: E2EStack) -> str:
     return stack.container("postgres").logs().decode(errors="replace")
 
 
+def postmaster_started(stack: E2EStack) -> Any:
+    with psycopg.connect(stack.env()["DIRECT_URL"]) as conn:
+        return conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+
+
 def test_changes_under_load_lose_no_write_and_stop_postgres_cleanly(stack: E2EStack) -> None:
     assert stack.mocks is not None
     mocks, pg = stack.mocks, stack.outputs[Outputs.CONTAINERS]["postgres"]
@@ -92,6 +98,7 @@ def test_changes_under_load_lose_no_write_and_stop_postgres_cleanly(stack: E2ESt
         load.wait_progress(100, timeout=PROGRESS_TIMEOUT_S)
         for name, config, secret_keys, project in changes:
             first_action = len(mocks.actions)
+            postgres_started = postmaster_started(stack)
             started = time.monotonic()
             figures[f"{name}: pulumi up"] = update(stack, config, secret_keys, project)
             load.wait_progress(100, timeout=PROGRESS_TIMEOUT_S)
@@ -99,6 +106,8 @@ def test_changes_under_load_lose_no_write_and_stop_postgres_cleanly(stack: E2ESt
                 load.longest_wait(started, time.monotonic()), 2)
             actions = mocks.actions[first_action:]
             replaced[name] = sorted({n for action, n in actions if action == "replace"})
+            if name == "pool resize":  # PgBouncer's change only: the same postmaster runs on
+                assert postmaster_started(stack) == postgres_started
             if any(action == "replace" and n.endswith("postgres-container")
                    for action, n in actions):  # fmt: skip
                 figures[f"{name}: Postgres stop"] = mocks.stops[pg]
@@ -118,6 +127,7 @@ def test_changes_under_load_lose_no_write_and_stop_postgres_cleanly(stack: E2ESt
     assert verdict.rows == verdict.acked and verdict.unacked_rows == 0
     # What each change replaced, as the provider would (uploads, envs or the image changed).
     assert "poolkit-pgbouncer-container" in replaced["pool resize"]
+    assert "poolkit-postgres-container" not in replaced["pool resize"], "postgresql.conf changed"
     assert "poolkit-postgres-container" in replaced["password rotation"]
     assert "poolkit-postgres-container" in replaced["image rebuild"]
     assert "poolkit-pgbouncer-container" not in replaced["image rebuild"]

@@ -629,3 +629,18 @@ def test_fixed_names_are_replaced_delete_first(dev: Deployment) -> None:
     for resource in fixed:
         assert resource.delete_before_replace, (
             f"{resource.urn}: {', '.join(fixed_identity(resource))} would clash on replace")
+
+
+def test_a_pool_resize_changes_pgbouncer_and_leaves_postgres_alone() -> None:
+    """The provider replaces a container whose uploads, env or limits change; a pool resize
+    within max_connections' rounding step must reach PgBouncer only (a safe restart there),
+    never Postgres."""
+    config = stack_file_config("dev")
+    pool = int(model("dev")[1].pgbouncer_value("default_pool_size"))
+    resized = config | {"poolkit:pgbouncer": {**config.get("poolkit:pgbouncer", {}),
+                                              "default_pool_size": pool + 2}}  # fmt: skip
+    before, after = deploy("dev", config), deploy("dev", resized)
+    postgres = "poolkit-postgres-container"
+    assert before.named(postgres).args == after.named(postgres).args
+    pgbouncer = "poolkit-pgbouncer-container"
+    assert before.named(pgbouncer).args != after.named(pgbouncer).args

@@ -13,18 +13,18 @@ from tests.unit.factories import stack, to_kb
 pytestmark = pytest.mark.unit
 
 # Each profile: stack sections, then expected values computed by hand from the formulas in
-# poolkit/sizing.py (pgtune's reasoning, work_mem over the real backend bound).
+# poolkit/sizing.py (pgtune's reasoning, work_mem over the rounded backend bound).
 PROFILES = {
     # 1 GiB, 2 CPUs, web. pool 2*2+1=5, reserve ceil(5/4)=2, servers 7, max_connections 7+3+10
     # = 20, rounded up to 25.
-    # work_mem (1048576-262144) kB / (17*3) = 15420kB.
+    # work_mem (1048576-262144) kB / ((25-3)*3) = 11915kB.
     "dev-web-1GiB": (
         {"postgres": {"memory": "1GiB", "cpus": 2, "workload": "web", "storage": "ssd"},
          "apps": [{"name": "a", "style": "lambda", "instances": 4},
                   {"name": "b", "style": "workers", "instances": 4}]},
         {"postgres": {"max_connections": "25", "shared_buffers": "256MB",
                       "effective_cache_size": "768MB", "maintenance_work_mem": "64MB",
-                      "work_mem": "15420kB", "wal_buffers": "7864kB", "min_wal_size": "1GB",
+                      "work_mem": "11915kB", "wal_buffers": "7864kB", "min_wal_size": "1GB",
                       "max_wal_size": "4GB", "random_page_cost": "1.1",
                       "effective_io_concurrency": "200", "huge_pages": "off", "jit": "off"},
          "pgbouncer": {"default_pool_size": "5", "reserve_pool_size": "2",
@@ -34,14 +34,14 @@ PROFILES = {
     ),
     # 16 GiB, 8 CPUs, oltp, nvme. pool ceil(17*1.5)=26, reserve 7, servers 33,
     # max_conn 46 -> 50.
-    # work_mem 12582912 / (43*3) / 4 workers per gather = 24385kB. Demand 1400 -> 2100 clients.
+    # work_mem 12582912 / ((50-3)*3) / 4 workers per gather = 22310kB. Demand 1400 -> 2100 clients.
     "prod-oltp-16GiB": (
         {"postgres": {"memory": "16GiB", "cpus": 8, "workload": "oltp", "storage": "nvme"},
          "apps": [{"name": "orders", "style": "lambda", "instances": 400},
                   {"name": "edge", "style": "workers", "instances": 1000}]},
         {"postgres": {"max_connections": "50", "shared_buffers": "4GB",
                       "effective_cache_size": "12GB", "maintenance_work_mem": "1GB",
-                      "work_mem": "24385kB", "wal_buffers": "16MB", "min_wal_size": "2GB",
+                      "work_mem": "22310kB", "wal_buffers": "16MB", "min_wal_size": "2GB",
                       "max_wal_size": "8GB", "effective_io_concurrency": "1000",
                       "max_worker_processes": "8", "max_parallel_workers_per_gather": "4",
                       "max_parallel_workers": "8", "max_parallel_maintenance_workers": "4"},
@@ -50,7 +50,7 @@ PROFILES = {
          "connection_limit": {"orders": 1, "edge": 1}},
     ),
     # 64 GiB, 16 CPUs, dw, hdd, PgBouncer 1.18. pool ceil(33*0.5)=17, reserve 5, servers 22,
-    # max_conn 35 -> 50. work_mem 50331648 / (32*3) / 8 / 2 = 32MB.
+    # max_conn 35 -> 50. work_mem 50331648 / ((50-3)*3) / 8 / 2 = 22310kB.
     # No max_prepared_statements on 1.18.
     "dw-hdd-64GiB": (
         {"postgres": {"memory": "64GiB", "cpus": 16, "workload": "dw", "storage": "hdd",
@@ -58,7 +58,7 @@ PROFILES = {
          "pgbouncer": {"version": "1.18"}},
         {"postgres": {"max_connections": "50", "shared_buffers": "16GB",
                       "effective_cache_size": "48GB", "maintenance_work_mem": "2GB",
-                      "work_mem": "32MB", "default_statistics_target": "500",
+                      "work_mem": "22310kB", "default_statistics_target": "500",
                       "random_page_cost": "4", "effective_io_concurrency": "2",
                       "huge_pages": "try", "jit": "on", "min_wal_size": "4GB",
                       "max_wal_size": "16GB", "max_parallel_workers_per_gather": "8",
@@ -69,39 +69,40 @@ PROFILES = {
     ),
     # 2 GiB, 1 CPU, desktop, san. pool max(2, ceil(3*0.5)) = 2, reserve 1, servers 3,
     # max_conn 16 -> 25.
-    # shared_buffers RAM/16, work_mem 1966080 / 39 / 6 = 8402kB; wal_buffers 3% = 3932kB, in
+    # shared_buffers RAM/16, work_mem 1966080 / 66 / 6 = 4964kB; wal_buffers 3% = 3932kB, in
     # whole 8kB pages 3928kB.
     "desktop-2GiB": (
         {"postgres": {"memory": "2GiB", "cpus": 1, "workload": "desktop", "storage": "san"}},
         {"postgres": {"max_connections": "25", "shared_buffers": "128MB",
                       "effective_cache_size": "512MB", "maintenance_work_mem": "128MB",
-                      "work_mem": "8402kB", "wal_buffers": "3928kB", "min_wal_size": "100MB",
+                      "work_mem": "4964kB", "wal_buffers": "3928kB", "min_wal_size": "100MB",
                       "max_wal_size": "2GB", "effective_io_concurrency": "300"},
          "pgbouncer": {"default_pool_size": "2", "reserve_pool_size": "1",
                        "max_db_connections": "3"},
          "connection_limit": {}},
     ),
     # 8 GiB, 4 CPUs, mixed, overrides: max_connections 200, pool 20, reserve 0. pgtune would
-    # divide by 200 connections (2621kB); the real bound is 20 + 10 -> 6291456/90/2/2 = 17476kB.
+    # divide by 200 connections (2621kB); the bound is 20 + 3 + 10 rounded up to 50, less the 3
+    # superuser slots -> 6291456/(47*3)/2/2 = 11155kB.
     "mixed-overrides-8GiB": (
         {"postgres": {"memory": "8GiB", "cpus": 4, "workload": "mixed", "max_connections": 200},
          "pgbouncer": {"default_pool_size": 20, "reserve_pool_size": 0}},
         {"postgres": {"max_connections": "200", "shared_buffers": "2GB",
                       "effective_cache_size": "6GB", "maintenance_work_mem": "512MB",
-                      "work_mem": "17476kB", "wal_buffers": "16MB",
+                      "work_mem": "11155kB", "wal_buffers": "16MB",
                       "max_parallel_workers_per_gather": "2", "max_worker_processes": "4"},
          "pgbouncer": {"default_pool_size": "20", "reserve_pool_size": "0",
                        "max_db_connections": "20"},
          "connection_limit": {}},
     ),
     # 512 MiB, 2 CPUs, oltp, PostgreSQL 15, 3 instances: pool ceil(5*1.5)=8, so each instance may
-    # hold 8 // 3 = 2 connections; max_conn 23 -> 25. work_mem 393216 / (20*3) = 6553kB.
+    # hold 8 // 3 = 2 connections; max_conn 23 -> 25. work_mem 393216 / (22*3) = 5957kB.
     "small-oltp-512MiB": (
         {"postgres": {"memory": "512MiB", "cpus": 2, "workload": "oltp", "version": 15},
          "apps": [{"name": "api", "style": "lambda", "instances": 3}]},
         {"postgres": {"max_connections": "25", "shared_buffers": "128MB",
                       "effective_cache_size": "384MB", "maintenance_work_mem": "32MB",
-                      "work_mem": "6553kB", "min_wal_size": "2GB", "max_wal_size": "8GB"},
+                      "work_mem": "5957kB", "min_wal_size": "2GB", "max_wal_size": "8GB"},
          "pgbouncer": {"default_pool_size": "8", "reserve_pool_size": "2",
                        "max_db_connections": "10", "max_client_conn": "300"},
          "connection_limit": {"api": 2}},
@@ -228,6 +229,9 @@ def test_small_pool_resize_keeps_max_connections() -> None:
     after = plan(stack(pgbouncer={"default_pool_size": 8}))
     assert before.pool.server_connections != after.pool.server_connections
     assert before.postgres_value("max_connections") == after.postgres_value("max_connections")
+    # Every Postgres line and its reason, which the rendered file carries as a comment: the
+    # Docker target would replace the Postgres container for any change to postgresql.conf.
+    assert before.postgres == after.postgres
 
 
 @settings(max_examples=150, deadline=None)
