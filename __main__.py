@@ -12,7 +12,12 @@ import pulumi
 
 from components import Environment, EnvironmentArgs
 from components.kubernetes import KubernetesEnvironment, KubernetesEnvironmentArgs
-from components.stack_config import given_tls, load_stack
+from components.stack_config import (
+    check_external,
+    external_admin_password,
+    given_tls,
+    load_stack,
+)
 from poolkit.config import NAMESPACE, S3_SECRET_KEY, StackConfig
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout
 from poolkit.outputs import Outputs
@@ -20,6 +25,9 @@ from poolkit.sizing import Plan
 
 
 def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None:
+    external = stack.postgres.external
+    if external:  # connects to the server: before any resource exists
+        check_external(stack, plan, config)
     environment = Environment(NAMESPACE, EnvironmentArgs(
         stack=stack,
         plan=plan,
@@ -27,20 +35,24 @@ def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None
         migrator_password=config.get_secret("migrator_password"),
         given_tls=given_tls(stack, config),
         backup_s3_key_secret=config.get_secret(S3_SECRET_KEY),
+        external_admin_password=external_admin_password(config),
     ))  # fmt: skip
     pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
     pulumi.export(Outputs.POOLED_URL, environment.pooled_url)
     pulumi.export(Outputs.POOLED_LIBPQ_URL, environment.pooled_libpq_url)
     pulumi.export(Outputs.ENV_FILE, environment.env_file)
     pulumi.export(Outputs.NETWORK_ENV_FILE, environment.network_env_file)
-    pulumi.export(Outputs.POSTGRES_PORT, environment.postgres.published_port)
+    postgres = environment.postgres
+    pulumi.export(Outputs.POSTGRES_PORT, postgres.published_port if postgres else None)
+    pulumi.export(Outputs.EXTERNAL_POSTGRES, f"{external.host}:{external.port}" if external
+                  else None)  # fmt: skip
     pulumi.export(Outputs.PGBOUNCER_PORT, environment.pgbouncer.published_port)
     pulumi.export(Outputs.APP_PORTS,
                   {app.app_name: app.published_ports for app in environment.apps})
     pulumi.export(Outputs.VERSIONS, environment.versions)
     pulumi.export(Outputs.PLAN, plan.as_dict())
     pulumi.export(Outputs.CONTAINERS, {
-        "postgres": environment.postgres.container_name,
+        "postgres": postgres.container_name if postgres else None,
         "pgbouncer": environment.pgbouncer.container_name,
         "apps": {app.app_name: app.container_names for app in environment.apps},
     })  # fmt: skip

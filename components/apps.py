@@ -13,12 +13,14 @@ from components.common import (
     docker_name,
     healthcheck,
     published_port,
+    stack_networks,
     tls_uploads,
+    upload,
 )
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
 from poolkit.layouts import APP_CA_DIR, network_layout
-from poolkit.render import TLS_CA, render_env
+from poolkit.render import SERVER_CA, TLS_CA, render_env
 from poolkit.secrets import Secrets
 from poolkit.sizing import AppPlan, Plan
 from poolkit.tls import ServerTls
@@ -83,6 +85,8 @@ class ServerlessAppArgs:
     """Seconds ``pulumi up`` waits for each replica's first healthy check."""
     tls: pulumi.Output[ServerTls] | None = None
     """The stack's TLS material: the apps get its CA file when their URLs verify."""
+    server_ca: str | None = None
+    """PEM of an external Postgres's CA: DIRECT_URL (the migrating replica) verifies with it."""
 
 
 class ServerlessApp(pulumi.ComponentResource):
@@ -100,6 +104,10 @@ class ServerlessApp(pulumi.ComponentResource):
         stack, plan, app = args.stack, args.plan, args.app
         self.app_name = app.name
         self.published_ports = [app.port + replica for replica in range(app.replicas)]
+        files = (tls_uploads(args.tls, APP_CA_DIR, None, None, TLS_CA)
+                 if args.tls is not None and needs_ca(stack) else [])
+        if args.server_ca:
+            files.append(upload(f"{APP_CA_DIR}/{SERVER_CA}", args.server_ca, "0644"))
         self.containers = []
         for replica, port in enumerate(self.published_ports):
             envs = pulumi.Output.secret(args.secrets.apply(
@@ -109,10 +117,8 @@ class ServerlessApp(pulumi.ComponentResource):
                 name=docker_name(stack.stack, app.name, str(replica)),
                 image=args.image,
                 envs=envs,
-                uploads=(tls_uploads(args.tls, APP_CA_DIR, None, None, TLS_CA)
-                         if args.tls is not None and needs_ca(stack) else None),
-                networks_advanced=[docker.ContainerNetworksAdvancedArgs(
-                    name=args.network, aliases=[app.name])],
+                uploads=files or None,
+                networks_advanced=stack_networks(stack, args.network, [app.name]),
                 ports=[published_port(APP_PORT, port)],
                 healthcheck=healthcheck(HEALTHCHECKS[app.runtime]),
                 restart="unless-stopped",

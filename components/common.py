@@ -154,6 +154,19 @@ def published_port(
                                     protocol="tcp")  # fmt: skip
 
 
+def stack_networks(
+    stack: StackConfig, network: pulumi.Input[str], aliases: list[str]
+) -> list[docker.ContainerNetworksAdvancedArgs]:
+    """The stack's private network (with the container's aliases), then, for an external
+    Postgres reached through Docker, the network the stack names
+    (``postgres.external.network``)."""
+    networks = [docker.ContainerNetworksAdvancedArgs(name=network, aliases=aliases)]
+    external = stack.postgres.external
+    if external and external.network:
+        networks.append(docker.ContainerNetworksAdvancedArgs(name=external.network))
+    return networks
+
+
 def tls_uploads(
     tls: pulumi.Output[ServerTls], directory: str, cert: str | None, key: str | None,
     ca: str | None = None,

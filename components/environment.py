@@ -22,8 +22,10 @@ from components.postgres import Postgres, PostgresArgs
 from poolkit import node_apps
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
+from poolkit.external import server_ca_pem
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout, network_layout
-from poolkit.render import render_env
+from poolkit.pulumi_external import ExternalDatabase
+from poolkit.render import render_env, render_external_init_sql
 from poolkit.sizing import Plan
 
 APP_IMAGES = {
@@ -52,17 +54,25 @@ class EnvironmentArgs:
     """The stack's own certificate (secrets); generated into the state when None."""
     backup_s3_key_secret: pulumi.Input[str] | None = None
     """Secret key of the S3 backup repository (``poolkit:backup_s3_key_secret``)."""
+    external_admin_password: pulumi.Input[str] | None = None
+    """``poolkit:external_admin_password``: required with ``postgres.external``."""
 
 
 class Environment(pulumi.ComponentResource):
     """Everything a stack runs, wired in order: Postgres (healthy), then PgBouncer, then apps.
+
+    With ``postgres.external`` there is no Postgres container, image or volume: ``external``
+    gives the server the kit's roles, database and grants (``external-init.sql`` through the
+    admin role), and PgBouncer waits for it.
 
     Secret outputs: ``env_file`` (the host's ``.env`` text), ``direct_url``, ``pooled_url``
     (``DATABASE_URL``, libpq-clean) and ``pooled_libpq_url`` (``POOLED_DATABASE_URL``, the same).
     """
 
     network: docker.Network
-    postgres: Postgres
+    postgres: Postgres | None
+    """None for an external Postgres."""
+    external: ExternalDatabase | None
     pgbouncer: PgBouncer
     apps: list[ServerlessApp]
     env_file: pulumi.Output[str]
@@ -105,13 +115,25 @@ class Environment(pulumi.ComponentResource):
             tls = self.certificates.material
             self.tls_ca = self.certificates.ca_pem
 
-        self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
-            stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
-            base_image=args.base_image, tls=tls,
-        ), opts=child)  # fmt: skip
+        self.postgres, self.external = None, None
+        server_ca = server_ca_pem(stack)
+        if stack.postgres.external:
+            if args.external_admin_password is None:
+                raise ValueError("an external Postgres needs external_admin_password")
+            self.external = ExternalDatabase(
+                f"{name}-external", stack.postgres.external, server_ca,
+                args.external_admin_password,
+                secrets.apply(lambda s: render_external_init_sql(stack, s)), opts=child)
+            ready: pulumi.Resource = self.external
+        else:
+            self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
+                stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
+                base_image=args.base_image, tls=tls,
+            ), opts=child)  # fmt: skip
+            ready = self.postgres.container
         self.pgbouncer = PgBouncer(f"{name}-pgbouncer", PgBouncerArgs(
             stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
-            depends_on=[self.postgres.container], base_image=args.base_image, tls=tls,
+            depends_on=[ready], base_image=args.base_image, tls=tls, server_ca=server_ca,
         ), opts=child)  # fmt: skip
 
         images = {}
@@ -129,6 +151,7 @@ class Environment(pulumi.ComponentResource):
             ServerlessApp(f"{name}-{app.name}", ServerlessAppArgs(
                 stack=stack, plan=plan, app=app, secrets=secrets, image=images[app.runtime],
                 network=self.network.name, depends_on=[self.pgbouncer.container], tls=tls,
+                server_ca=server_ca,
             ), opts=child)
             for app in plan.apps
         ]  # fmt: skip

@@ -16,11 +16,13 @@ from components.common import (
     image_ref,
     pgbouncer_lifecycle,
     published_port,
+    stack_networks,
     tls_uploads,
     upload,
 )
 from poolkit.layouts import PGBOUNCER_ALIAS as NETWORK_ALIAS
 from poolkit.render import (
+    SERVER_CA,
     TLS_CA,
     TLS_CERT,
     TLS_KEY,
@@ -38,7 +40,10 @@ CONSOLE_DATABASE = "pgbouncer"
 @dataclass
 class PgBouncerArgs(ServerArgs):
     depends_on: list[pulumi.Resource] = field(default_factory=list)
-    """Created only after these (the Postgres container, which ``wait``s until healthy)."""
+    """Created only after these (the Postgres container, which ``wait``s until healthy, or the
+    external Postgres's roles)."""
+    server_ca: str | None = None
+    """PEM of an external Postgres's CA (``postgres.external.ca_file``): server_tls_ca_file."""
     wait_timeout: int = 60
     """Seconds ``pulumi up`` waits for the first healthy check."""
 
@@ -80,6 +85,8 @@ class PgBouncer(pulumi.ComponentResource):
                                    TLS_CERT if bouncer.client_tls else None,
                                    TLS_KEY if bouncer.client_tls else None,
                                    TLS_CA if verify_server else None)  # fmt: skip
+        if args.server_ca:  # public, not a secret
+            uploads.append(upload(f"{layout.pgbouncer_dir}/{SERVER_CA}", args.server_ca, "0644"))
         self.published_port = stack.pgbouncer.port
         port = published_port(layout.pgbouncer_port, self.published_port,
                               bouncer.publish_address)
@@ -89,8 +96,7 @@ class PgBouncer(pulumi.ComponentResource):
             name=docker_name(stack.stack, "pgbouncer"),
             image=image_ref(self.image),
             uploads=uploads,
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(
-                name=args.network, aliases=[NETWORK_ALIAS])],
+            networks_advanced=stack_networks(stack, args.network, [NETWORK_ALIAS]),
             ports=[port],
             # As the stats user on the console: a role PgBouncer knows, so each check is one
             # "login attempt" line in its log, not a "no such user" warning every 2 s.

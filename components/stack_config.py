@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pulumi
 
 from components.certificates import GivenTls
-from poolkit import node_apps, tls
+from poolkit import external, node_apps, tls
 from poolkit.config import (
     NAMESPACE,
     PASSWORD_ENV,
@@ -99,7 +100,8 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
             )
     for warning in stack.warnings:
         pulumi.log.warn(warning)
-    no_passwords = dataclasses.replace(stack.database, app_password=None, migrator_password=None)
+    no_passwords = dataclasses.replace(stack.database, app_password=None, migrator_password=None,
+                                       external_admin_password=None)
     # The PEMs stay in Pulumi's secrets; the model only keeps which of them were given.
     in_secrets = Encrypted("(a Pulumi stack secret)")
     pems = {field: in_secrets for field in ("certificate", "key", "ca")
@@ -108,6 +110,30 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
     s3_secret = in_secrets if stack.backup_s3_key_secret is not None else None
     return dataclasses.replace(stack, database=no_passwords, tls=tls_spec,
                                backup_s3_key_secret=s3_secret), plan
+
+
+ADMIN_PASSWORD_KEY = "external_admin_password"
+
+
+def external_admin_password(config: pulumi.Config) -> pulumi.Output[str] | None:
+    """The external Postgres admin role's password as a secret: the stack's
+    ``poolkit:external_admin_password``, else ``POOLKIT_EXTERNAL_ADMIN_PASSWORD``."""
+    given = config.get_secret(ADMIN_PASSWORD_KEY)
+    if given is not None:
+        return given
+    from_env = os.environ.get(PASSWORD_ENV[ADMIN_PASSWORD_KEY])
+    return pulumi.Output.secret(from_env) if from_env else None
+
+
+def check_external(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None:
+    """What ``poolkit up`` checks on the local target, before any resource exists: the CA, then,
+    connected as the admin role from this machine, its rights, the server's version and whether
+    its max_connections holds the plan's budget. RunError lists every problem."""
+    password = config.get(ADMIN_PASSWORD_KEY) or os.environ.get(PASSWORD_ENV[ADMIN_PASSWORD_KEY])
+    try:
+        external.check(stack, plan, password)
+    except ConfigError as error:
+        raise _refused(error) from error
 
 
 def ensure_node_build(stack: StackConfig) -> None:

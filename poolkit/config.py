@@ -55,6 +55,7 @@ TARGETS = ("docker", "kubernetes")
 """Where the Pulumi program deploys (``poolkit:target``)."""
 IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
 K8S_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DOCKER_NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DEFAULT_POD_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 """Private ranges, where clusters' pod networks live; the NetworkPolicy narrows it to pods."""
 """TLS to a Postgres the kit does not run: traffic leaves the host, so never plain."""
@@ -106,6 +107,10 @@ class ExternalPostgres:
     """PEM file of the CA that signed the server's certificate; required for verify-*."""
     max_connections: int | None = None
     """The server's max_connections; read from it (SHOW max_connections) when absent."""
+    network: str | None = None
+    """Docker target: an existing Docker network that PgBouncer and the apps also join to reach
+    the server (a database in another compose project, a peered network). Other targets reach
+    the server through the host's own routes and refuse or ignore it."""
 
     @property
     def verifies(self) -> bool:
@@ -436,6 +441,9 @@ EXTERNAL_RULES: dict[str, Rule] = {
                             optional=True),
     "admin_user": Rule(str, "name the role poolkit may create roles with (not a superuser)",
                        _identifier),
+    "network": Rule(str, "name an existing Docker network the server is reachable on "
+                         "(docker network ls), or remove the key",
+                    _matches(DOCKER_NETWORK, "a Docker network name"), optional=True),
 }  # fmt: skip
 EXTERNAL_REQUIRED = ("host", "admin_user")
 
@@ -758,6 +766,10 @@ def _cross_checks(stack: StackConfig, problems: list[Problem]) -> None:
                                 "cannot be set for an external Postgres",
                                 "put the server's value in poolkit:postgres.external."
                                 "max_connections, or remove it to read it"))  # fmt: skip
+    if external and stack.postgres.publish:
+        problems.append(Problem(f"{ns}:postgres.publish", True,
+                                "has no meaning for an external Postgres: the kit runs none to "
+                                "publish", "remove it; DIRECT_URL names the external server"))
 
     _exposure_checks(stack, problems)
 

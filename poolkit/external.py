@@ -21,6 +21,11 @@ someone else, and a server budget the server's ``max_connections`` cannot hold.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ from typing import Any
 import psycopg
 
 from poolkit.config import NAMESPACE, ConfigError, ExternalPostgres, Problem, StackConfig
+from poolkit.envfile import write_private
 from poolkit.sizing import DIRECT_HEADROOM, Plan
 
 CONNECT_TIMEOUT_S = 10
@@ -51,6 +57,19 @@ class ServerFacts:
 def ca_path(external: ExternalPostgres) -> Path | None:
     """The CA file (validated as an absolute path)."""
     return Path(external.ca_file) if external.ca_file else None
+
+
+def server_ca_pem(stack: StackConfig) -> str | None:
+    """The external server's CA as PEM text (``ca_file`` read), or None without one."""
+    path = ca_path(stack.postgres.external) if stack.postgres.external else None
+    return path.read_text(encoding="ascii") if path else None
+
+
+def ca_problems(stack: StackConfig) -> list[Problem]:
+    """The CA file's problem (unreadable, no PEM), checked offline; empty when fine."""
+    external = stack.postgres.external
+    problem = _ca_problem(external, ca_path(external)) if external else None
+    return [problem] if problem else []
 
 
 def _ca_problem(external: ExternalPostgres, path: Path | None) -> Problem | None:
@@ -216,3 +235,49 @@ def _budget(stack: StackConfig, plan: Plan, facts: ServerFacts, problems: list[P
             f"{max(1, available - DIRECT_HEADROOM - pool.reserve)} (or postgres.cpus, which "
             "sizes it), or raise the server's max_connections",
         ))  # fmt: skip
+
+
+INIT_SQL_TIMEOUT_S = 120
+
+
+class InitSqlError(RuntimeError):
+    """psql could not apply the init SQL; the message quotes its last lines, verifiers hidden."""
+
+
+def apply_init_sql(external: ExternalPostgres, password: str, sql: str,
+                   ca_pem: str | None) -> None:  # fmt: skip
+    """Run ``sql`` (external-init.sql, psql syntax) on the server as the admin role.
+
+    The password, the SQL (SCRAM verifiers) and the CA go to psql in 0600 files of a private
+    temporary folder, never in its arguments; the folder is removed afterwards.
+    """
+    psql = shutil.which("psql")
+    if psql is None:
+        raise InitSqlError("preparing the external Postgres needs psql on this machine: "
+                           "apt-get install postgresql-client")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="poolkit-external-") as folder:
+        where = Path(folder)
+
+        def escaped(text: str) -> str:
+            return text.replace("\\", "\\\\").replace(":", "\\:")
+
+        write_private(where / "pgpass", f"*:*:*:{escaped(external.admin_user)}:"
+                                        f"{escaped(password)}\n")  # fmt: skip
+        write_private(where / "init.sql", sql)
+        env = {**os.environ, "PGPASSFILE": str(where / "pgpass"), "PGSSLMODE": external.sslmode,
+               "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S)}  # fmt: skip
+        if ca_pem:
+            write_private(where / "server-ca.crt", ca_pem)
+            env["PGSSLROOTCERT"] = str(where / "server-ca.crt")
+        done = subprocess.run(
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", external.host, "-p",
+             str(external.port), "-U", external.admin_user, "-d", MAINTENANCE_DB,
+             "-f", str(where / "init.sql")],
+            env=env, capture_output=True, text=True, check=False, timeout=INIT_SQL_TIMEOUT_S,
+        )  # fmt: skip
+    if done.returncode != 0:
+        redacted = re.sub(r"SCRAM-SHA-256\$\S+", "SCRAM-SHA-256$<redacted>",
+                          done.stdout + done.stderr)  # fmt: skip
+        last = "\n".join(redacted.strip().splitlines()[-5:])
+        raise InitSqlError(f"preparing the external Postgres at {external.host} as "
+                           f"{external.admin_user} failed:\n{last}")  # fmt: skip

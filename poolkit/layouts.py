@@ -11,7 +11,7 @@ from pathlib import Path
 
 from poolkit import tls
 from poolkit.config import NAMESPACE, WILDCARD_ADDRESSES, Problem, StackConfig
-from poolkit.render import TLS_CA, Layout, server_tls_sslmode
+from poolkit.render import SERVER_CA, TLS_CA, Layout, server_tls_sslmode
 from poolkit.sizing import Plan
 from poolkit.units import MIB, parse_size
 
@@ -75,8 +75,10 @@ def docker_layout(stack: StackConfig, project_root: Path | None = None) -> Layou
     """The images' paths; URLs name the published addresses (127.0.0.1 unless the stack says).
 
     When the stack does not publish Postgres, DIRECT_URL names the container on the private
-    network (usable from containers attached to it, not from the host). ``project_root`` is
-    where ``poolkit env`` keeps the CA file (default: the working directory, Pulumi's).
+    network (usable from containers attached to it, not from the host); an external Postgres
+    is named as the stack gives it, which the host reaches (``poolkit up`` checked it from
+    there). ``project_root`` is where ``poolkit env`` keeps the CA file (default: the working
+    directory, Pulumi's).
     """
     published = stack.postgres.publish
     return with_external(stack, Layout(
@@ -86,7 +88,7 @@ def docker_layout(stack: StackConfig, project_root: Path | None = None) -> Layou
         public_postgres_host=(client_host(stack, stack.postgres.publish_address)
                               if published else "postgres"),
         public_postgres_port=stack.postgres.port if published else 5432,
-        direct_on_network=not published,
+        direct_on_network=not (published or stack.postgres.external),
         tls_ca_file=host_ca_file(stack, project_root or Path.cwd()) if stack.tls.has_ca else "",
     ))  # fmt: skip
 
@@ -98,7 +100,8 @@ def network_layout(stack: StackConfig) -> Layout:
     PgBouncer and Postgres by their network aliases on their internal ports instead.
     """
     layout = docker_layout(stack)
-    return dataclasses.replace(
+    external = stack.postgres.external
+    return with_external(stack, dataclasses.replace(
         layout,
         public_host=PGBOUNCER_ALIAS,
         public_pgbouncer_port=layout.pgbouncer_port,
@@ -108,7 +111,8 @@ def network_layout(stack: StackConfig) -> Layout:
         direct_on_network=True,
         tls_ca_file=f"{APP_CA_DIR}/{TLS_CA}" if stack.tls.has_ca else "",
         tls_sslmode=server_tls_sslmode(stack),
-    )
+        server_ca_file=f"{APP_CA_DIR}/{SERVER_CA}" if external and external.ca_file else "",
+    ))  # fmt: skip
 
 
 def _with_loopback(address: str) -> str:
@@ -264,18 +268,24 @@ def kubernetes_problems(stack: StackConfig) -> list[Problem]:
             "`kubectl port-forward`",
         ))  # fmt: skip
     problems += _external_refused(stack, "Kubernetes", "it runs its own Postgres")
+    external = stack.postgres.external
+    if external and external.network:
+        problems.append(Problem(
+            f"{ns}:postgres.external.network", external.network,
+            "names a Docker network; the Kubernetes target has none to join",
+            "remove it: pods reach the server through the cluster's own routes",
+        ))  # fmt: skip
     return problems
 
 
 def _external_refused(stack: StackConfig, target: str, why: str) -> list[Problem]:
-    """Bring-your-own Postgres, which only the local target fronts so far."""
+    """Bring-your-own Postgres, which the local and Docker targets front so far."""
     if not stack.postgres.external:
         return []
     return [Problem(
         f"{NAMESPACE}:postgres.external", stack.postgres.external.host,
         f"is not supported by the {target} target yet ({why})",
-        "front an external Postgres with the local target (poolkit up --target local), or "
-        "remove the section",
+        "front an external Postgres with the local or Docker target, or remove the section",
     )]  # fmt: skip
 
 
@@ -289,6 +299,4 @@ def docker_problems(stack: StackConfig) -> list[Problem]:
 
     Checked before any resource exists, so ``pulumi up`` fails early instead of in a build.
     """
-    problems = _image_problems(stack)
-    problems += _external_refused(stack, "Docker", "the Pulumi program runs its own Postgres")
-    return problems
+    return _image_problems(stack)

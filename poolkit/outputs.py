@@ -24,6 +24,9 @@ class Outputs:
 
     POSTGRES_PORT = "postgres_port"
     """Host port of Postgres on 127.0.0.1, or null when the stack does not publish it."""
+    EXTERNAL_POSTGRES = "external_postgres"
+    """``host:port`` of an external Postgres (``postgres.external``), which the host reaches;
+    null when the stack runs its own."""
     PGBOUNCER_PORT = "pgbouncer_port"
     APP_PORTS = "app_ports"
     """App name -> host ports of its replicas."""

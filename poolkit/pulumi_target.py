@@ -279,8 +279,8 @@ def up(
         ensure_backups(stack)
     if not smoke:
         return path
-    if outputs.get(Outputs.POSTGRES_PORT) is not None:
-        run_smoke(path, project)
+    if outputs.get(Outputs.POSTGRES_PORT) is not None or outputs.get(Outputs.EXTERNAL_POSTGRES):
+        run_smoke(path, project)  # DIRECT_URL works from this host
         return path
     # DIRECT_URL names Postgres on the private network: only a container there can check it.
     click.echo(f"Postgres is not published: smoke checks run on network "

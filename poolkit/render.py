@@ -53,6 +53,8 @@ class Layout:
     """DIRECT_URL names Postgres on the private network: it is not published to the host."""
     tls_ca_file: str = ""
     """Where the URLs' clients read the CA from (``sslrootcert``); empty: system roots."""
+    server_ca_file: str = ""
+    """Where DIRECT_URL's clients read an external Postgres's CA; empty: its ``ca_file``."""
     tls_sslmode: str = "verify-full"
     """sslmode of the URLs when TLS is on: verify-full, or weaker only on a private network
     whose names a given certificate does not carry (see ``layouts``)."""
@@ -259,14 +261,14 @@ def render_external_init_sql(stack: StackConfig, secrets: Secrets) -> str:
                    external=stack.postgres.external)  # fmt: skip
 
 
-def direct_tls_params(stack: StackConfig) -> dict[str, str]:
+def direct_tls_params(stack: StackConfig, layout: Layout) -> dict[str, str]:
     """libpq TLS parameters of DIRECT_URL: the external server's sslmode and CA."""
     external = stack.postgres.external
     if external is None:
         return {}
     params = {"sslmode": external.sslmode}
     if external.ca_file:
-        params["sslrootcert"] = external.ca_file
+        params["sslrootcert"] = layout.server_ca_file or external.ca_file
     return params
 
 
@@ -305,7 +307,7 @@ def render_env(
     client_tls = stack.pgbouncer.client_tls
     tls = client_tls_params(layout) if client_tls else {}
     prisma_tls = client_tls_params(layout, prisma=True) if client_tls else {}
-    direct_tls = (direct_tls_params(stack) if stack.postgres.external
+    direct_tls = (direct_tls_params(stack, layout) if stack.postgres.external
                   else client_tls_params(layout) if stack.postgres_exposed else {})  # fmt: skip
     pooled = _url(secrets.app, host, port, db, **tls)
     engine = prisma_engine_params(connection_limit, pool_timeout, plan.prepared_statements)

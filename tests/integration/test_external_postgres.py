@@ -40,8 +40,17 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_ca_and_server_cert(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a server certificate it signed for localhost / 127.0.0.1: (ca, cert, key)."""
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def make_ca_and_server_cert(folder: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+                            ) -> tuple[Path, Path, Path]:  # fmt: skip
+    """A CA, and a server certificate it signed for ``hosts`` (its subjectAltNames):
+    (ca, cert, key)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("poolkit test CA"))
@@ -52,8 +61,8 @@ def make_ca_and_server_cert(folder: Path) -> tuple[Path, Path, Path]:
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))  # fmt: skip
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
+    names = [_general_name(host) for host in hosts]
+    cert = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=2))

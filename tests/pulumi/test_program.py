@@ -488,17 +488,6 @@ def test_an_invalid_stack_fails_before_any_resource(case: str) -> None:
     assert deploy.last_monitor.registered == [], "resources were registered before the failure"
 
 
-def test_external_postgres_is_refused_before_any_resource() -> None:
-    """Bring-your-own Postgres runs on the local target; the program would start its own."""
-    external = {"host": "db.example.test", "port": 5432, "sslmode": "require",
-                "admin_user": "kit_admin", "max_connections": 100}  # fmt: skip
-    config = {"poolkit:postgres": {"external": external}}
-    plan(parse_stack(config, "byo"))  # valid for the core
-    with pytest.raises(pulumi.RunError, match=r"poolkit:postgres.external: is not supported"):
-        deploy("byo", config)
-    assert deploy.last_monitor.registered == [], "resources were registered before the failure"
-
-
 @pytest.mark.parametrize(("key", "value"), [("postgres", {"version": 16}),
                                             ("pgbouncer", {"version": "1.23"})])
 def test_a_version_the_images_cannot_build_is_refused_before_any_resource(

@@ -274,3 +274,18 @@ def test_up_honours_env_file_and_no_smoke(project: Path, monkeypatch: pytest.Mon
     target = project / "out" / "dev.env"
     assert pulumi_target.up("dev", env_file=target, smoke=False) == target
     assert target.read_text() == ENV_TEXT and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_up_of_an_external_postgres_smokes_from_this_host(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Postgres is published, but the host reaches the external one (it checked it)."""
+    Path(os.environ["FAKE_PULUMI_OUTPUTS"]).write_text(json.dumps({
+        Outputs.ENV_FILE: ENV_TEXT, Outputs.POSTGRES_PORT: None,
+        Outputs.EXTERNAL_POSTGRES: "db.example.com:5432", Outputs.NETWORK: "poolkit-dev-net"}))
+    smoked: list[Path] = []
+    monkeypatch.setattr(pulumi_target, "run_smoke", lambda path, root: smoked.append(path))
+    monkeypatch.setattr(pulumi_target, "smoke_in_network",
+                        lambda *_: pytest.fail("smoke ran on the stack network"))
+    path = pulumi_target.up("dev")
+    assert smoked == [path]
