@@ -63,17 +63,22 @@ def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None
 
 
 def kubernetes_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None:
+    if stack.postgres.external:  # connects to the server: before any resource exists
+        check_external(stack, plan, config)
     environment = KubernetesEnvironment(NAMESPACE, KubernetesEnvironmentArgs(
         stack=stack,
         plan=plan,
         app_password=config.get_secret("app_password"),
         migrator_password=config.get_secret("migrator_password"),
+        given_tls=given_tls(stack, config),
+        external_admin_password=external_admin_password(config),
     ))  # fmt: skip
     pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
     pulumi.export(Outputs.POOLED_URL, environment.pooled_url)
     pulumi.export(Outputs.ENV_FILE, environment.env_file)
     pulumi.export(Outputs.NAMESPACE, stack.kubernetes.namespace)
     pulumi.export(Outputs.OBJECTS, list(environment.resources))
+    pulumi.export(Outputs.TLS_CA, environment.tls_ca)
     pulumi.export(Outputs.VERSIONS, {"postgres": stack.postgres.version,
                                      "pgbouncer": DOCKER_PGBOUNCER_SERIES})  # fmt: skip
     pulumi.export(Outputs.PLAN, plan.as_dict())

@@ -20,6 +20,7 @@ from components.common import (
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
 from poolkit.layouts import APP_CA_DIR, network_layout
+from poolkit.render import APP_ENV as POOLED_ENV
 from poolkit.render import SERVER_CA, TLS_CA, render_env
 from poolkit.secrets import Secrets
 from poolkit.sizing import AppPlan, Plan
@@ -27,12 +28,6 @@ from poolkit.tls import ServerTls
 
 APP_PORT = 8080
 """Port both app images listen on (images/app and images/app-node)."""
-POOLED_ENV = {
-    "python": ("POOLED_DATABASE_URL", "POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS"),
-    "node": ("DATABASE_URL", "POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS"),
-}
-"""Variables of the rendered .env every replica gets, by runtime: what apps/db.py and
-apps/ts/src/settings.ts read (the same libpq-clean pooled URL under two names)."""
 MIGRATOR_ENV = ("DIRECT_URL",)
 """Variables only the first replica gets: it runs the schema migration (APP_MIGRATE=1)."""
 HEALTH_URL = f"http://127.0.0.1:{APP_PORT}/healthz"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -36,13 +37,15 @@ class Certificates(pulumi.ComponentResource):
 
     def __init__(
         self, name: str, stack: StackConfig, given: GivenTls | None = None,
-        opts: pulumi.ResourceOptions | None = None,
+        opts: pulumi.ResourceOptions | None = None, names: Sequence[str] | None = None,
     ):  # fmt: skip
+        """``names``: subjectAltNames of a generated certificate (default: the Docker and
+        local targets', ``certificate_names``)."""
         super().__init__("poolkit:index:Certificates", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         if given is None:
             ca = GeneratedCa(f"{name}-ca", f"poolkit {stack.stack} CA", opts=child)
-            server = ServerCertificate(f"{name}-server", ca, certificate_names(stack),
+            server = ServerCertificate(f"{name}-server", ca, names or certificate_names(stack),
                                        stack.tls.generation, opts=child)  # fmt: skip
             parts = [server.cert_pem, server.key_pem, ca.cert_pem]
             self.ca_pem = pulumi.Output.unsecret(ca.cert_pem)

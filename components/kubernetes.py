@@ -1,9 +1,10 @@
 """KubernetesEnvironment: one stack on a cluster, from the objects ``poolkit.manifests`` builds.
 
-The objects are built twice: once with placeholder credentials, for everything that holds no
-secret (known before any value is, so preview shows every resource), and once with the real
-credentials inside ``apply``, for the Secrets' data and the pods' file digests. No resource is
-created inside ``apply``.
+The objects are built twice: once with placeholder credentials and certificates, for everything
+that holds no secret (known before any value is, so preview shows every resource), and once
+with the real ones inside ``apply``, for the Secrets' data and the pods' file digests. No
+resource is created inside ``apply``. Certificates are the Docker target's (generated into the
+state, or given as stack secrets); an external Postgres is prepared by ``ExternalDatabase``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,24 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.certificates import Certificates, GivenTls
 from components.credentials import stack_credentials
 from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
-from poolkit.layouts import kubernetes_layout
-from poolkit.manifests import FILES_ANNOTATION, Manifest, object_key, objects, placeholder_secrets
-from poolkit.render import render_env
+from poolkit.external import server_ca_pem
+from poolkit.layouts import kubernetes_certificate_names, kubernetes_layout
+from poolkit.manifests import (
+    FILES_ANNOTATION,
+    Manifest,
+    Material,
+    needs_certificate,
+    object_key,
+    objects,
+    placeholder_material,
+    placeholder_secrets,
+)
+from poolkit.pulumi_external import ExternalDatabase
+from poolkit.render import render_env, render_external_init_sql
 from poolkit.sizing import Plan
 
 RESOURCE_CLASSES: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
@@ -47,6 +60,10 @@ class KubernetesEnvironmentArgs:
     """``poolkit:app_password`` (a secret); generated when None."""
     migrator_password: pulumi.Input[str] | None = None
     """``poolkit:migrator_password``; generated when None."""
+    given_tls: GivenTls | None = None
+    """The stack's own certificate (secrets); generated into the state when None."""
+    external_admin_password: pulumi.Input[str] | None = None
+    """``poolkit:external_admin_password``: required with ``postgres.external``."""
 
 
 def resource_name(name: str, manifest: Manifest) -> str:
@@ -58,11 +75,16 @@ class KubernetesEnvironment(pulumi.ComponentResource):
     """Namespace, configs, Postgres (StatefulSet), PgBouncer (Deployment + PDB), apps, Job.
 
     Secret outputs: ``env_file`` (an ``.env`` for pods of the cluster), ``direct_url``,
-    ``pooled_url``.
+    ``pooled_url``. With ``postgres.external`` there is no Postgres: ``external`` prepares
+    the server, and PgBouncer and the Job wait for it.
     """
 
     resources: dict[str, pulumi.CustomResource]
     """``Kind/name`` -> the resource."""
+    certificates: Certificates | None
+    tls_ca: pulumi.Output[str] | None
+    """PEM of the CA the URLs verify PgBouncer with (not a secret), or None."""
+    external: ExternalDatabase | None
     env_file: pulumi.Output[str]
     direct_url: pulumi.Output[str]
     pooled_url: pulumi.Output[str]
@@ -76,17 +98,31 @@ class KubernetesEnvironment(pulumi.ComponentResource):
         layout = kubernetes_layout(stack)
         secrets = stack_credentials(self, name, stack, layout.superuser,
                                     args.app_password, args.migrator_password)  # fmt: skip
-        shape = objects(stack, plan, placeholder_secrets(stack, layout.superuser))
-        real = pulumi.Output.secret(secrets.apply(lambda s: objects(stack, plan, s)))
+        child = pulumi.ResourceOptions(parent=self)
+        server_ca = server_ca_pem(stack)
+        self.certificates, self.tls_ca, tls = None, None, None
+        if needs_certificate(stack):
+            self.certificates = Certificates(f"{name}-tls", stack, args.given_tls, opts=child,
+                                             names=kubernetes_certificate_names(stack))
+            tls, self.tls_ca = self.certificates.material, self.certificates.ca_pem
+        self.external = None
+        if stack.postgres.external:
+            if args.external_admin_password is None:
+                raise ValueError("an external Postgres needs external_admin_password")
+            self.external = ExternalDatabase(
+                f"{name}-external", stack.postgres.external, server_ca,
+                args.external_admin_password,
+                secrets.apply(lambda s: render_external_init_sql(stack, s)), opts=child)
+        shape = objects(stack, plan, placeholder_secrets(stack, layout.superuser),
+                        placeholder_material(stack, server_ca))  # fmt: skip
+        real = pulumi.Output.secret(pulumi.Output.all(secrets, tls).apply(
+            lambda v: objects(stack, plan, v[0], Material(v[1], server_ca))))  # fmt: skip
 
         self.resources = {}
         namespace: list[pulumi.Resource] = []
         for index, manifest in enumerate(shape):
-            depends = list(namespace)
-            if manifest["kind"] == "Job":
-                # The migration needs Postgres; the Job also retries until it answers.
-                depends.append(self.resources["StatefulSet/postgres"])
-            resource = self._create(name, manifest, index, real, depends)
+            resource = self._create(name, manifest, index, real,
+                                    [*namespace, *self._waits_for(manifest)])  # fmt: skip
             self.resources[object_key(manifest)] = resource
             if manifest["kind"] == "Namespace":
                 namespace = [resource]
@@ -99,6 +135,16 @@ class KubernetesEnvironment(pulumi.ComponentResource):
         self.register_outputs({"namespace": stack.kubernetes.namespace, "env_file": self.env_file,
                                "direct_url": self.direct_url,
                                "pooled_url": self.pooled_url})  # fmt: skip
+
+    def _waits_for(self, manifest: Manifest) -> list[pulumi.Resource]:
+        """The migration Job needs Postgres (it also retries until it answers); with an
+        external one, it and PgBouncer need the kit's roles there."""
+        key = object_key(manifest)
+        if self.external is not None and key in ("Job/migrate", "Deployment/pgbouncer"):
+            return [self.external]
+        if key == "Job/migrate":
+            return [self.resources["StatefulSet/postgres"]]
+        return []
 
     def _create(
         self, name: str, manifest: Manifest, index: int, real: pulumi.Output[list[Manifest]],

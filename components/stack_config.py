@@ -91,7 +91,8 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
         raise _refused(error) from error
     if stack.tls.given:
         _check_given_certificate(stack)
-    ensure_node_build(stack)
+    if stack.target != "kubernetes":  # a cluster pulls the node image from a registry
+        ensure_node_build(stack)
     for key in SECRET_KEYS:
         if f"{NAMESPACE}:{key}" in raw and not is_secret(key):
             pulumi.log.warn(

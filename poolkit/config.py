@@ -281,7 +281,12 @@ class KubernetesSpec:
     pgbouncer_image: str = "poolkit-pgbouncer:1.24"
     """images/pgbouncer as the cluster pulls it."""
     app_image: str = "poolkit-app:latest"
-    """images/app (the sample apps and the migration Job) as the cluster pulls it."""
+    """images/app (the Python sample apps and the migration Job) as the cluster pulls it."""
+    app_node_image: str = "poolkit-app-node:latest"
+    """images/app-node (the ``runtime: node`` sample apps) as the cluster pulls it."""
+    pgbouncer_service: str = "ClusterIP"
+    """Type of PgBouncer's Service: ClusterIP (in the cluster only), LoadBalancer or NodePort
+    (beyond the cluster: client TLS and ``poolkit:tls.names`` required)."""
     storage_bytes: int = 10 * GIB
     """Size of Postgres's volume claim (``storage: 10GiB``)."""
     storage_class: str | None = None
@@ -560,6 +565,8 @@ def default_namespace(stack: str) -> str:
     return label.rstrip("-")
 
 
+SERVICE_TYPES = ("ClusterIP", "LoadBalancer", "NodePort")
+"""Types of PgBouncer's Service on the Kubernetes target; all but ClusterIP leave the cluster."""
 IMAGE = Rule(str, "write registry/repository:tag as the cluster pulls it",
              _matches(IMAGE_REF, "an image reference in lower case (registry/repository:tag)"))
 KUBERNETES_RULES: dict[str, Rule] = {
@@ -568,6 +575,9 @@ KUBERNETES_RULES: dict[str, Rule] = {
     "postgres_image": IMAGE,
     "pgbouncer_image": IMAGE,
     "app_image": IMAGE,
+    "app_node_image": IMAGE,
+    "pgbouncer_service": Rule(str, "use ClusterIP (in the cluster), LoadBalancer or NodePort",
+                              _one_of(*SERVICE_TYPES)),
     "storage": Rule(str, "write the volume size like 10GiB", _volume_check),
     "storage_class": Rule(str, "name a StorageClass of the cluster, or remove the key",
                           _matches(K8S_NAME, "a StorageClass name"), optional=True),

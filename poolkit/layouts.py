@@ -189,13 +189,17 @@ def postgres_limits(stack: StackConfig, plan: Plan) -> ContainerLimits:
 
 
 def kubernetes_layout(stack: StackConfig) -> Layout:
-    """The images' paths inside pods; every URL names a Service (``<name>.<namespace>.svc``).
+    """The images' paths inside pods; every URL names a Service (``<name>.<namespace>.svc``),
+    or the external Postgres.
 
     The data directory is a folder inside the volume claim's mount, because a fresh volume's
-    root may hold ``lost+found``, which initdb refuses.
+    root may hold ``lost+found``, which initdb refuses. Pods that verify a server find its CA
+    in ``APP_CA_DIR`` (a mounted Secret or ConfigMap). A generated certificate names the
+    Services, so the URLs use verify-full; a given one is checked as on Docker's network.
     """
     namespace = stack.kubernetes.namespace
-    return Layout(
+    external = stack.postgres.external
+    return with_external(stack, Layout(
         name="kubernetes",
         client_networks=stack.kubernetes.pod_networks,
         data_directory=f"{KUBERNETES_DATA_MOUNT}/pgdata",
@@ -206,7 +210,19 @@ def kubernetes_layout(stack: StackConfig) -> Layout:
         public_postgres_port=5432,
         urls_on_network=True,
         direct_on_network=True,
-    )
+        tls_ca_file=f"{APP_CA_DIR}/{TLS_CA}" if stack.tls.has_ca else "",
+        tls_sslmode=server_tls_sslmode(stack),
+        server_ca_file=f"{APP_CA_DIR}/{SERVER_CA}" if external and external.ca_file else "",
+    ))  # fmt: skip
+
+
+def kubernetes_certificate_names(stack: StackConfig) -> list[str]:
+    """subjectAltNames of a generated certificate on Kubernetes: the stack's names, then the
+    Services' names in the namespace (short and fully qualified)."""
+    namespace = stack.kubernetes.namespace
+    services = [f"{alias}.{namespace}.svc{suffix}" for suffix in ("", ".cluster.local")
+                for alias in (PGBOUNCER_ALIAS, POSTGRES_ALIAS)]  # fmt: skip
+    return tls.server_names(stack.tls.names, *services)
 
 
 KUBERNETES_DATA_MOUNT = "/var/lib/postgresql/data"
@@ -239,26 +255,9 @@ def _image_problems(stack: StackConfig) -> list[Problem]:
 
 
 def kubernetes_problems(stack: StackConfig) -> list[Problem]:
-    """What the Kubernetes target cannot deploy for this stack yet, each with its fix."""
+    """What the Kubernetes target cannot deploy for this stack, each with its fix."""
     problems = _image_problems(stack)
-    problems += [
-        Problem(f"{NAMESPACE}:apps[{index}].runtime", app.runtime,
-                "is not supported by the Kubernetes target yet (its app image holds the Python "
-                "apps)",
-                "use runtime: python for Kubernetes stacks; the Docker and local targets run "
-                "node apps")
-        for index, app in enumerate(stack.apps) if app.runtime != "python"
-    ]  # fmt: skip
     ns = NAMESPACE
-    for key, on in ((f"{ns}:pgbouncer.client_tls", stack.pgbouncer.client_tls),
-                    (f"{ns}:pgbouncer.server_tls", stack.pgbouncer.server_tls)):
-        if on:
-            problems.append(Problem(
-                key, on, "is not supported by the Kubernetes target yet (it creates no "
-                "certificate Secrets; traffic stays inside the cluster)",
-                "set it to false for this target, or encrypt pod traffic with your cluster's "
-                "mesh; the Docker and local targets support TLS",
-            ))  # fmt: skip
     if stack.postgres.publish:
         problems.append(Problem(
             f"{ns}:postgres.publish", True,
@@ -267,7 +266,6 @@ def kubernetes_problems(stack: StackConfig) -> list[Problem]:
             "remove it; run migrations in the cluster (the migrate Job) or through "
             "`kubectl port-forward`",
         ))  # fmt: skip
-    problems += _external_refused(stack, "Kubernetes", "it runs its own Postgres")
     external = stack.postgres.external
     if external and external.network:
         problems.append(Problem(
@@ -275,18 +273,21 @@ def kubernetes_problems(stack: StackConfig) -> list[Problem]:
             "names a Docker network; the Kubernetes target has none to join",
             "remove it: pods reach the server through the cluster's own routes",
         ))  # fmt: skip
+    service = stack.kubernetes.pgbouncer_service
+    if service != "ClusterIP" and not stack.pgbouncer.client_tls:
+        problems.append(Problem(
+            f"{ns}:kubernetes.pgbouncer_service", service,
+            "exposes PgBouncer beyond the cluster without TLS",
+            f"set {ns}:pgbouncer.client_tls: true (and {ns}:tls.names), or use ClusterIP",
+        ))  # fmt: skip
+    if service != "ClusterIP" and not stack.tls.names:
+        problems.append(Problem(
+            f"{ns}:tls.names", [], f"is empty while {ns}:kubernetes.pgbouncer_service is "
+            f"{service} (reached from outside the cluster)",
+            "list the DNS name of the Service's address (the load balancer's or a node's), "
+            "e.g. [db.example.com]: the certificate must carry it for verify-full",
+        ))  # fmt: skip
     return problems
-
-
-def _external_refused(stack: StackConfig, target: str, why: str) -> list[Problem]:
-    """Bring-your-own Postgres, which the local and Docker targets front so far."""
-    if not stack.postgres.external:
-        return []
-    return [Problem(
-        f"{NAMESPACE}:postgres.external", stack.postgres.external.host,
-        f"is not supported by the {target} target yet ({why})",
-        "front an external Postgres with the local or Docker target, or remove the section",
-    )]  # fmt: skip
 
 
 def target_problems(stack: StackConfig) -> list[Problem]:

@@ -330,6 +330,14 @@ def render_env(
     )  # fmt: skip
 
 
+APP_ENV = {
+    "python": ("POOLED_DATABASE_URL", "POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS"),
+    "node": ("DATABASE_URL", "POOL_CONNECTION_LIMIT", "PGBOUNCER_PREPARED_STATEMENTS"),
+}
+"""Variables of the rendered .env an app process gets, by runtime, on every target: what
+apps/db.py and apps/ts/src/settings.ts read (the same libpq-clean pooled URL under two names)."""
+
+
 def env_file_names(stack: StackConfig, plan: Plan) -> dict[str, AppPlan | None]:
     """``.env`` for the stack, plus ``.env.<app>`` for each app when the apps' limits differ."""
     names: dict[str, AppPlan | None] = {".env": None}

@@ -16,6 +16,7 @@ from poolkit.envfile import write_private
 from poolkit.layouts import docker_layout, kubernetes_problems
 from poolkit.manifests import is_secret_file, manifest_files
 from poolkit.render import is_private, render_all
+from poolkit.render_material import render_material
 
 
 @click.command("plan")
@@ -83,7 +84,11 @@ def render_command(stack: StackChoice, out: Path, target: str | None) -> None:
     stack_secrets.save(secrets_file, credentials)
     out.mkdir(parents=True, exist_ok=True)
     if target == "kubernetes":
-        files, private = manifest_files(config, result, credentials), is_secret_file
+        try:
+            material = render_material(config, out)
+        except ConfigError as error:
+            raise config_error(error) from None
+        files, private = manifest_files(config, result, credentials, material), is_secret_file
     else:
         files, private = render_all(config, result, credentials, docker_layout(config)), is_private
     for name, text in files.items():

@@ -112,8 +112,9 @@ def test_outputs_are_the_in_cluster_env_and_urls_as_secrets(deployed: Deployment
 
 
 def test_a_stack_the_target_cannot_deploy_registers_nothing() -> None:
-    config = {**file_config(STACK), "poolkit:pgbouncer": {"replicas": 3, "client_tls": True}}
+    config = {**file_config(STACK), "poolkit:pgbouncer": {"replicas": 3},
+              "poolkit:kubernetes": {"pgbouncer_service": "LoadBalancer"}}  # fmt: skip
     with pytest.raises(pulumi.RunError) as error:
         deploy(STACK, config)
-    assert "poolkit:pgbouncer.client_tls" in str(error.value)
+    assert "poolkit:kubernetes.pgbouncer_service" in str(error.value)
     assert deploy.last_monitor.registered == []  # type: ignore[attr-defined]

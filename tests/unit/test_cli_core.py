@@ -85,6 +85,40 @@ def test_render_kubernetes_writes_the_objects_as_yaml_secrets_private(
         p.read_bytes() for p in sorted(out.glob("*.yaml"))]
 
 
+def test_render_kubernetes_with_tls_and_an_external_postgres(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """The certificate is generated once (tls.json, 0600), the external CA read from its file."""
+    import yaml
+
+    from poolkit.tls import new_ca
+
+    ca_file = tmp_path / "provider-ca.pem"
+    stack_file = tmp_path / "Pulumi.byo.yaml"
+    external = {"host": "db.example.com", "admin_user": "byo_admin", "ca_file": str(ca_file),
+                "max_connections": 100}  # fmt: skip
+    stack_file.write_text(yaml.safe_dump({"config": {
+        "poolkit:target": "kubernetes", "poolkit:postgres": {"cpus": 2, "external": external},
+        "poolkit:pgbouncer": {"replicas": 2, "client_tls": True},
+        "poolkit:tls": {"names": ["db.example.com"]}}}))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["render", "--stack-file", str(stack_file), "--out", str(out)]
+    missing = runner.invoke(main, args)
+    assert missing.exit_code == 2 and "poolkit:postgres.external.ca_file" in missing.output
+    ca_file.write_text(new_ca("provider CA").cert)
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert stat.S_IMODE((out / "tls.json").stat().st_mode) == 0o600
+    objs = {f"{o['kind']}/{o['metadata']['name']}": o for o in
+            (yaml.safe_load(t) for n, t in written.items() if n.endswith(".yaml"))}  # fmt: skip
+    assert objs["ConfigMap/server-ca"]["data"]["server-ca.crt"] == ca_file.read_text()
+    assert objs["Secret/tls"]["type"] == "kubernetes.io/tls"
+    assert "StatefulSet/postgres" not in objs
+    assert runner.invoke(main, args).exit_code == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+
+
 def test_up_target_pulumi_refuses_a_kubernetes_stack_with_the_fix(runner: CliRunner) -> None:
     result = runner.invoke(main, ["up", "--target", "pulumi", "--stack", "k8s"])
     assert result.exit_code == 2

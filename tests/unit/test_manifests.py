@@ -19,6 +19,7 @@ from poolkit.manifests import (
     FILES_ANNOTATION,
     KUBERNETES_VERSION,
     Manifest,
+    Material,
     is_secret_file,
     manifest_files,
     object_key,
@@ -33,6 +34,7 @@ from poolkit.render import (
     render_postgresql_conf,
 )
 from poolkit.sizing import plan
+from poolkit.tls import ServerTls
 from tests.unit.factories import secrets, stack
 
 pytestmark = pytest.mark.unit
@@ -46,6 +48,13 @@ SIZED = "--- sized by poolkit"
 """Where the sized settings start, in postgresql.conf (``#``) and pgbouncer.ini (``;;``)."""
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
+EXTERNAL = {"host": "db.example.com", "port": 5433, "admin_user": "poolkit_admin",
+            "ca_file": "/etc/ssl/provider-ca.pem", "max_connections": 200}  # fmt: skip
+SERVER_CA_PEM = "-----BEGIN CERTIFICATE-----\nprovider CA\n-----END CERTIFICATE-----\n"
+NODE_APP = {"name": "edge", "style": "workers", "instances": 20, "runtime": "node"}
+TLS = {"pgbouncer": {"replicas": 2, "client_tls": True, "server_tls": True},
+       "tls": {"names": ["db.example.com"]}}  # fmt: skip
+MATERIAL = Material(ServerTls(cert="CERT-PEM", key="KEY-PEM-secret", ca="CA-PEM"), SERVER_CA_PEM)
 VARIANTS: dict[str, dict[str, Any]] = {
     "shipped-shape": {"pgbouncer": {"replicas": 3}},
     "one-replica-no-apps": {"apps": []},
@@ -53,6 +62,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "big-oltp-with-class": {"postgres": {"memory": "64GiB", "cpus": 16, "workload": "oltp"},
                             "kubernetes": {"storage": "500GiB", "storage_class": "fast-ssd",
                                            "namespace": "db"}},
+    "client-and-server-tls": TLS,
+    "exposed-with-tls": {**TLS, "kubernetes": {"pgbouncer_service": "LoadBalancer"}},
+    "external-postgres": {"postgres": {"external": EXTERNAL}, "pgbouncer": {"replicas": 3}},
+    "external-postgres-with-client-tls": {"postgres": {"external": EXTERNAL}, "tls": TLS["tls"],
+                                          "pgbouncer": {"replicas": 2, "client_tls": True}},
+    "node-apps": {"apps": [*APPS, NODE_APP]},
 }  # fmt: skip
 
 
@@ -64,7 +79,7 @@ def _k8s_stack(**sections: Any):
 
 def _objects(**sections: Any) -> dict[str, Manifest]:
     config = _k8s_stack(**sections)
-    return {object_key(o): o for o in objects(config, plan(config), secrets())}
+    return {object_key(o): o for o in objects(config, plan(config), secrets(), MATERIAL)}
 
 
 def _workloads(objs: dict[str, Manifest]) -> dict[str, Manifest]:
@@ -318,10 +333,13 @@ def test_kubernetes_keys_are_refused_with_key_value_and_fix(key: str, value: Any
     assert fix in problem.fix
 
 
-def test_what_the_target_cannot_deploy_yet_is_refused_all_at_once() -> None:
-    config = _k8s_stack(pgbouncer={"client_tls": True, "version": "1.22"},
-                        postgres={"publish": True})  # fmt: skip
-    keys = sorted(p.key for p in kubernetes_problems(config))
-    assert keys == ["poolkit:pgbouncer.client_tls", "poolkit:pgbouncer.version",
-                    "poolkit:postgres.publish"]  # fmt: skip
+def test_what_the_target_cannot_deploy_is_refused_all_at_once() -> None:
+    config = _k8s_stack(pgbouncer={"version": "1.22"}, postgres={"publish": True},
+                        kubernetes={"pgbouncer_service": "LoadBalancer"})  # fmt: skip
+    problems = {p.key: p for p in kubernetes_problems(config)}
+    assert sorted(problems) == ["poolkit:kubernetes.pgbouncer_service", "poolkit:pgbouncer.version",
+                                "poolkit:postgres.publish", "poolkit:tls.names"]  # fmt: skip
+    assert "client_tls: true" in problems["poolkit:kubernetes.pgbouncer_service"].fix
     assert kubernetes_problems(_k8s_stack()) == []
+    assert kubernetes_problems(_k8s_stack(**TLS, postgres={"external": EXTERNAL},
+                                          apps=[*APPS, NODE_APP])) == []
