@@ -18,7 +18,7 @@ from components.stack_config import (
     given_tls,
     load_stack,
 )
-from poolkit.config import NAMESPACE, S3_SECRET_KEY, StackConfig
+from poolkit.config import NAMESPACE, PASSPHRASE_KEY, S3_SECRET_KEY, StackConfig
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout
 from poolkit.outputs import Outputs
 from poolkit.sizing import Plan
@@ -36,6 +36,7 @@ def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None
         given_tls=given_tls(stack, config),
         backup_s3_key_secret=config.get_secret(S3_SECRET_KEY),
         external_admin_password=external_admin_password(config),
+        backup_passphrase=config.get_secret(PASSPHRASE_KEY),
     ))  # fmt: skip
     pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
     pulumi.export(Outputs.POOLED_URL, environment.pooled_url)

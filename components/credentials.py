@@ -24,11 +24,13 @@ def stack_credentials(
     parent: pulumi.Resource, name: str, stack: StackConfig, superuser: str,
     app_password: pulumi.Input[str] | None, migrator_password: pulumi.Input[str] | None,
     *, backup_s3_key_secret: pulumi.Input[str] | None = None,
+    backup_passphrase: pulumi.Input[str] | None = None,
 ) -> pulumi.Output[Secrets]:  # fmt: skip
     """Credentials of every role; ``app_password``/``migrator_password`` None: generated.
 
-    With ``poolkit:backup``: the repository's cipher passphrase (generated once, kept in state,
-    only ever uploaded) and, for an S3 repository, its secret key.
+    With ``poolkit:backup``: the repository's cipher passphrase (``backup_passphrase``, from the
+    stack's config, else generated once and kept in state; only ever uploaded) and, for an S3
+    repository, its secret key.
     """
     child = pulumi.ResourceOptions(parent=parent)
     db = stack.database
@@ -55,7 +57,7 @@ def stack_credentials(
     generated = {role for role in users if given.get(role) is None}
     extras: dict[str, pulumi.Input[str]] = {}
     if stack.backup.enabled:
-        extras["backup_passphrase"] = random.RandomPassword(
+        extras["backup_passphrase"] = backup_passphrase or random.RandomPassword(
             f"{name}-backup-passphrase", length=64, special=False, opts=child
         ).result
         if stack.backup.repo == "s3" and backup_s3_key_secret is not None:

@@ -56,6 +56,8 @@ class EnvironmentArgs:
     """Secret key of the S3 backup repository (``poolkit:backup_s3_key_secret``)."""
     external_admin_password: pulumi.Input[str] | None = None
     """``poolkit:external_admin_password``: required with ``postgres.external``."""
+    backup_passphrase: pulumi.Input[str] | None = None
+    """The repository's cipher passphrase (``poolkit:backup_passphrase``); generated when None."""
 
 
 class Environment(pulumi.ComponentResource):
@@ -106,7 +108,8 @@ class Environment(pulumi.ComponentResource):
         )  # fmt: skip
         secrets = stack_credentials(self, name, stack, layout.superuser, args.app_password,
                                     args.migrator_password,
-                                    backup_s3_key_secret=args.backup_s3_key_secret)  # fmt: skip
+                                    backup_s3_key_secret=args.backup_s3_key_secret,
+                                    backup_passphrase=args.backup_passphrase)  # fmt: skip
         self.certificates = None
         self.tls_ca = None
         tls = None

@@ -23,8 +23,10 @@ from components.common import (
 from poolkit.layouts import POSTGRES_ALIAS as NETWORK_ALIAS
 from poolkit.layouts import postgres_limits
 from poolkit.render import (
+    BACKUP_SCHEDULE,
     TLS_CERT,
     TLS_KEY,
+    render_backup_schedule,
     render_init_sql,
     render_pg_hba,
     render_pgbackrest_conf,
@@ -96,11 +98,15 @@ class Postgres(pulumi.ComponentResource):
         if stack.backup.enabled:
             uploads += self._backup_uploads(args)
         if stack.backup.enabled and stack.backup.repo == "posix":
+            # Backups outlive the stack: `pulumi destroy` (or a replacement) only drops the
+            # volume from the state, and the next `pulumi up` of the stack gets the same volume
+            # back (Docker's create of an existing name returns it), repository and all.
             self.backup_volume = docker.Volume(
                 f"{name}-backups",
                 name=docker_name(stack.stack, "backups"),
                 labels=label_args(docker.VolumeLabelArgs, stack.stack, "backups"),
-                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                            retain_on_delete=True),
             )  # fmt: skip
             volumes.append(docker.ContainerVolumeArgs(volume_name=self.backup_volume.name,
                                                       container_path=layout.backup_repo_path))
@@ -154,9 +160,12 @@ class Postgres(pulumi.ComponentResource):
 
     @staticmethod
     def _backup_uploads(args: PostgresArgs) -> list[docker.ContainerUploadArgs]:
-        """pgbackrest.conf (the repository's passphrase) and the superuser's password file."""
+        """pgbackrest.conf (the repository's passphrase), the superuser's password file and the
+        schedule the image's poolkit-backup-scheduler follows (the entrypoint starts it)."""
         stack, layout = args.stack, args.layout
         conf = args.secrets.apply(lambda s: render_pgbackrest_conf(stack, s, layout))
         return [upload(layout.pgbackrest_conf, pulumi.Output.secret(conf), "0600"),
                 upload(layout.pgpass, pulumi.Output.secret(args.secrets.apply(render_pgpass)),
-                       "0600")]  # fmt: skip
+                       "0600"),
+                upload(f"{layout.config_dir}/{BACKUP_SCHEDULE}",
+                       render_backup_schedule(stack, layout), "0644")]  # fmt: skip

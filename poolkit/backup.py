@@ -33,6 +33,11 @@ class BackupRefused(ValueError):
     """Bad input: nothing was changed (exit code 2)."""
 
 
+class RepositoryMismatch(BackupError):
+    """The repository holds another cluster's backups: a stack deployed anew (``pulumi
+    destroy`` then ``up``, or ``down --purge`` then ``up``) next to the kept repository."""
+
+
 @dataclass(frozen=True)
 class Done:
     """What a pgBackRest command returned."""
@@ -121,6 +126,12 @@ def _errors(text: str) -> str:
 def ensure_stanza(target: Target) -> None:
     """Create the stanza (repository layout, checks the server's system id); idempotent."""
     done = target.pgbackrest("stanza-create", timeout=300)
+    if done.returncode != 0 and re.search(r"\[028\]|do not match the database", done.output):
+        raise RepositoryMismatch(
+            f"the backup repository of stanza {target.stanza} holds the backups of an earlier "
+            "cluster of this stack, not of the one running now, so new WAL is not archived. "
+            "Fix: `poolkit restore --to latest` brings that cluster back (archiving resumes); "
+            "to start afresh instead, delete the repository (README, 'Backups')")
     if done.returncode != 0:
         raise BackupError(_explain(done, "pgbackrest stanza-create"))
 

@@ -7,6 +7,7 @@ target's Layout.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,12 @@ from poolkit.layouts import COMPONENT_LABEL, STACK_LABEL, docker_layout, local_l
 from poolkit.render import Layout
 
 PROMOTE_POLL_S = 0.3
+INIT_SQL_APPLIED = "poolkit-init.sql.sha256"
+"""In the data directory: the sha256 of the init.sql last applied (by poolkit-initdb)."""
+RECOVERY_SIGNAL = "recovery.signal"
+"""In the data directory until recovery has ended and the server is promoted. Recovery is
+watched through it and ``pg_isready``, without logging in: a restored cluster may hold older
+passwords than the stack's until init.sql is applied."""
 
 
 def _not_enabled(stack: StackConfig, where: str) -> BackupRefused:
@@ -38,13 +45,13 @@ class _Paths:
         self.socket_dir = layout.postgres_socket_dir
         self.port = layout.postgres_port
         self.superuser = layout.superuser
+        self.init_sql = f"{layout.config_dir}/init.sql"
 
     def _argv(self, *args: str) -> list[str]:
         return ["pgbackrest", f"--config={self.conf}", f"--stanza={self.stanza}", *args]
 
-    def _in_recovery_argv(self) -> list[str]:
-        return ["psql", "-X", "-A", "-t", "-h", self.socket_dir, "-p", str(self.port),
-                "-U", self.superuser, "-d", "postgres", "-c", "SELECT pg_is_in_recovery()"]
+    def _ready_argv(self) -> list[str]:
+        return ["pg_isready", "-q", "-h", self.socket_dir, "-p", str(self.port)]
 
 
 class LocalTarget(_Paths):
@@ -64,6 +71,7 @@ class LocalTarget(_Paths):
         if not Path(self.conf).is_file():
             raise _not_enabled(stack, str(self.paths.conf))
         self.host = Host(self.paths, Path(state.pgbin), user)
+        self.project_root = state.project_root
 
     def pgbackrest(self, *args: str, timeout: float = 3600) -> Done:
         done = self.host.run(self._argv(*args), self.host.env(PGPASSFILE=self.pgpass),
@@ -98,14 +106,28 @@ class LocalTarget(_Paths):
             Path(restored).rename(data)
             server.start()
         self._wait_promoted(wait_s)
+        if self._init_sql_applied():
+            return
+        # The restored roles are those of the backup's time (older passwords, or another
+        # deployment's): apply this stack's init.sql, as `up` does when it changes.
+        with self.paths.lock():
+            server.stop()
+            server.initdb(Path(self.project_root))
+            server.start()
+        self._wait_promoted(wait_s)
+
+    def _init_sql_applied(self) -> bool:
+        applied = self.paths.data / INIT_SQL_APPLIED
+        wanted = hashlib.sha256(Path(self.init_sql).read_bytes()).hexdigest()
+        return applied.is_file() and applied.read_text().strip() == wanted
 
     def _wait_promoted(self, wait_s: float) -> None:
-        argv = self._in_recovery_argv()
-        argv[0] = str(self.host.pgbin / "psql")
+        ready = self._ready_argv()
+        ready[0] = str(self.host.pgbin / ready[0])
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            done = self.host.run(argv, self.host.env(PGPASSFILE=self.pgpass), timeout=30)
-            if done.returncode == 0 and done.stdout.strip() == "f":
+            if (not (self.paths.data / RECOVERY_SIGNAL).exists()
+                    and self.host.run(ready, timeout=30).returncode == 0):
                 return
             time.sleep(PROMOTE_POLL_S)
         raise BackupError(f"PostgreSQL did not finish recovery within {wait_s:.0f} s; see "
@@ -180,15 +202,25 @@ class DockerTarget(_Paths):
         self.container.stop(timeout=120)
         self.container.start()
         self._wait_promoted(wait_s)
+        applied = f"{self.data_directory}/{INIT_SQL_APPLIED}"
+        same = self._exec(["sh", "-c", 'test "$(cat "$1" 2>/dev/null)" = '
+                           '"$(sha256sum < "$2" | cut -d " " -f 1)"', "same", applied,
+                           self.init_sql])  # fmt: skip
+        if same.returncode != 0:
+            # The restored roles are those of the backup's time (older passwords, or another
+            # deployment's): the entrypoint applies this stack's init.sql at the next start.
+            self.container.stop(timeout=120)
+            self.container.start()
+            self._wait_promoted(wait_s)
 
     def _wait_promoted(self, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             self.container.reload()
-            if self.container.status == "running":
-                done = self._exec(self._in_recovery_argv())
-                if done.returncode == 0 and done.stdout.strip() == "f":
-                    return
+            promoted = ["sh", "-c", 'test ! -e "$1" && shift && exec "$@"', "promoted",
+                        f"{self.data_directory}/{RECOVERY_SIGNAL}", *self._ready_argv()]
+            if self.container.status == "running" and self._exec(promoted).returncode == 0:
+                return
             time.sleep(PROMOTE_POLL_S)
         raise BackupError(f"PostgreSQL did not finish recovery within {wait_s:.0f} s: "
                           f"docker logs {self.name}")  # fmt: skip

@@ -39,6 +39,9 @@ PASSWORD_ENV = {
     "external_admin_password": "POOLKIT_EXTERNAL_ADMIN_PASSWORD",
 }
 S3_SECRET_KEY = "backup_s3_key_secret"
+PASSPHRASE_KEY = "backup_passphrase"
+"""The backup repository's cipher passphrase (a secret in the stack's config, which
+``pulumi destroy`` keeps, so a kept repository stays readable by the next ``pulumi up``)."""
 """Stack secret holding the S3 repository's secret access key."""
 S3_SECRET_ENV = "POOLKIT_BACKUP_S3_KEY_SECRET"
 CRON = re.compile(r"^\S+( \S+){4}$")
@@ -311,6 +314,8 @@ class StackConfig:
     backup: BackupSpec = field(default_factory=BackupSpec)
     backup_s3_key_secret: str | Encrypted | None = None
     """``poolkit:backup_s3_key_secret``: the S3 repository's secret access key."""
+    backup_passphrase: str | Encrypted | None = None
+    """``poolkit:backup_passphrase``: the repository's cipher passphrase; None: generated."""
     warnings: tuple[str, ...] = ()
 
     @property
@@ -519,7 +524,16 @@ APP_RULES: dict[str, Rule] = {
 APP_REQUIRED = ("name", "style")
 
 _S3_TEXT_FIX = "use letters, digits and . _ : / - only"
-_CRON_CHECK = _matches(CRON, "five cron fields separated by single spaces")
+def _cron_check(v: str) -> str | None:
+    """Five fields that croniter (what poolkit-backup-scheduler runs) reads."""
+    from croniter import croniter
+
+    if not CRON.match(v):
+        return "must be five cron fields separated by single spaces"
+    return None if croniter.is_valid(v) else "is not a valid cron expression"
+
+
+_CRON_CHECK = _cron_check
 BACKUP_RULES: dict[str, Rule] = {
     "enabled": Rule(bool, "use true or false"),
     "repo": Rule(str, "use posix (a directory or volume) or s3", _one_of("posix", "s3")),
@@ -671,13 +685,13 @@ def _read_pem(key: str, raw: Any, problems: list[Problem]) -> str | Encrypted | 
     return raw
 
 
-def _read_s3_secret(raw: Any, problems: list[Problem]) -> str | Encrypted | None:
+def _read_secret_line(key: str, raw: Any, problems: list[Problem]) -> str | Encrypted | None:
     if raw is None or (isinstance(raw, str) and raw and "\n" not in raw):
         return raw
     if isinstance(raw, Mapping) and set(raw) == {"secure"}:
         return Encrypted(str(raw["secure"]))
-    problems.append(Problem(f"{NAMESPACE}:{S3_SECRET_KEY}", "***", "must be one line of text",
-                            f"pulumi config set --secret {NAMESPACE}:{S3_SECRET_KEY} …"))
+    problems.append(Problem(f"{NAMESPACE}:{key}", "***", "must be one line of text",
+                            f"pulumi config set --secret {NAMESPACE}:{key} …"))
     return None
 
 
@@ -908,7 +922,8 @@ def _warnings(stack: StackConfig) -> tuple[str, ...]:
 SECTIONS = {"postgres": POSTGRES_RULES, "pgbouncer": PGBOUNCER_RULES, "database": DATABASE_RULES,
             "tls": TLS_RULES, "kubernetes": KUBERNETES_RULES, "backup": BACKUP_RULES,
             "monitoring": MONITORING_RULES}
-TOP_LEVEL = (*SECTIONS, "apps", "target", *PASSWORD_ENV, *TLS_SECRET_KEYS, S3_SECRET_KEY)
+TOP_LEVEL = (*SECTIONS, "apps", "target", *PASSWORD_ENV, *TLS_SECRET_KEYS, S3_SECRET_KEY,
+             PASSPHRASE_KEY)
 
 
 def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
@@ -956,7 +971,8 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
     passwords = {key: _read_password(key, ours.get(key), problems) for key in PASSWORD_ENV}
     pems = {key.removeprefix("tls_"): _read_pem(key, ours.get(key), problems)
             for key in TLS_SECRET_KEYS}
-    s3_secret = _read_s3_secret(ours.get(S3_SECRET_KEY), problems)
+    s3_secret = _read_secret_line(S3_SECRET_KEY, ours.get(S3_SECRET_KEY), problems)
+    passphrase = _read_secret_line(PASSPHRASE_KEY, ours.get(PASSPHRASE_KEY), problems)
     apps = _read_apps(ours.get("apps"), problems)
     if problems:
         raise ConfigError(problems)
@@ -973,6 +989,7 @@ def parse_stack(raw: Mapping[str, Any] | None, stack: str) -> StackConfig:
         kubernetes=KubernetesSpec(**kubernetes),
         backup=BackupSpec(**sections["backup"]),
         backup_s3_key_secret=s3_secret,
+        backup_passphrase=passphrase,
     )
     _cross_checks(config, problems)
     _backup_checks(config, problems)

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from poolkit.config import STACK_NAME, STACK_NAME_FIX, StackConfig
+from poolkit.config import NAMESPACE, PASSPHRASE_KEY, STACK_NAME, STACK_NAME_FIX, StackConfig
 from poolkit.envfile import write_private
 from poolkit.layouts import STACK_LABEL
 from poolkit.outputs import Outputs
@@ -41,6 +41,8 @@ APP_IMAGE_DIR = "/opt/poolkit"
 APP_USER = "app"
 """The user of images/app/Dockerfile, who runs the smoke checks."""
 SMOKE_TIMEOUT_S = 240
+GENERATED_PASSPHRASE = "random:index/randomPassword:RandomPassword::poolkit-backup-passphrase"
+"""The URN tail of the passphrase a stack generated before it was kept in the config."""
 
 
 class PulumiError(click.ClickException):
@@ -101,11 +103,12 @@ def _stack_name(stack: str | StackConfig) -> str:
     return name
 
 
-def _run(args: list[str], project: Path, env: dict[str, str], capture: bool = False) -> str:
+def _run(args: list[str], project: Path, env: dict[str, str], capture: bool = False,
+         stdin: str | None = None) -> str:
     """Run ``pulumi ARGS`` in the project; raise PulumiError naming the step when it fails."""
     command = [pulumi_cli(), *args]
     result = subprocess.run(command, cwd=project, env=env, text=True, check=False,
-                            capture_output=capture)  # fmt: skip
+                            capture_output=capture, input=stdin)  # fmt: skip
     if result.returncode != 0:
         detail = f":\n{result.stderr.strip()}" if capture and result.stderr else " (output above)"
         raise PulumiError(f"`pulumi {' '.join(args)}` failed with exit {result.returncode}{detail}")
@@ -120,6 +123,36 @@ def ensure_stack(name: str, project: Path, env: dict[str, str]) -> None:
         return
     click.echo(f"creating Pulumi stack {name} ({env['PULUMI_BACKEND_URL']})", err=True)
     _run(["stack", "init", name, "--secrets-provider", "passphrase"], project, env)
+
+
+def keep_passphrase(stack: StackConfig, project: Path, env: dict[str, str]) -> None:
+    """Save the backup repository's passphrase as the stack's secret ``poolkit:backup_passphrase``.
+
+    A generated one lives in the state, and ``pulumi destroy`` drops it with the resources while
+    the repository is kept; the stack's config stays, so the next ``up`` still reads the
+    backups. The value goes on stdin, never in arguments. A stack that generated one before
+    keeps it (read from its state), so its repository stays readable.
+    """
+    if not stack.backup.enabled or stack.backup_passphrase is not None:
+        return
+    value = _generated_passphrase(stack.stack, project, env) or secrets.token_urlsafe(48)
+    _run(["config", "set", "--secret", "--stack", stack.stack, f"{NAMESPACE}:{PASSPHRASE_KEY}"],
+         project, env, capture=True, stdin=value)  # fmt: skip
+    click.echo(f"kept the backup passphrase in the stack's config ({NAMESPACE}:{PASSPHRASE_KEY},"
+               " a secret): `pulumi destroy` leaves it and the backups", err=True)  # fmt: skip
+
+
+def _generated_passphrase(name: str, project: Path, env: dict[str, str]) -> str | None:
+    """The passphrase the stack's state holds (an earlier ``up`` generated it), else None."""
+    text = _run(["stack", "export", "--show-secrets", "--stack", name], project, env, True)
+    resources = (json.loads(text or "{}").get("deployment") or {}).get("resources") or []
+    for resource in resources:
+        if str(resource.get("urn", "")).endswith(GENERATED_PASSPHRASE):
+            result = (resource.get("outputs") or {}).get("result")
+            if isinstance(result, dict):  # a secret: {"<sig>": "...", "plaintext": "\"…\""}
+                result = json.loads(result["plaintext"])
+            return str(result) if result else None
+    return None
 
 
 def stack_outputs(stack: str | StackConfig, project: Path | None = None) -> dict[str, Any]:
@@ -240,6 +273,9 @@ def ensure_backups(stack: StackConfig) -> None:
 
     try:
         backup.ensure_stanza(DockerTarget(stack))
+    except backup.RepositoryMismatch as error:  # the kept backups wait for a restore
+        click.echo(f"warning: pgBackRest stanza {stack.stack}: {error}", err=True)
+        return
     except (backup.BackupError, backup.BackupRefused) as error:
         raise PulumiError(f"pgBackRest stanza {stack.stack}: {error}") from None
     click.echo(f"pgBackRest stanza {stack.stack} ready: WAL is archived to the repository",
@@ -263,6 +299,8 @@ def up(
     project = _project(project)
     env = pulumi_env(project)
     ensure_stack(name, project, env)
+    if isinstance(stack, StackConfig):
+        keep_passphrase(stack, project, env)
     try:
         _run(["up", "--yes", "--stack", name], project, env)
     except PulumiError as error:

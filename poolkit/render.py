@@ -77,6 +77,8 @@ class Layout:
 
 PGBACKREST_CONF = "pgbackrest.conf"
 PGPASS = "superuser.pgpass"
+BACKUP_SCHEDULE = "backup-schedule"
+"""What poolkit-backup-scheduler runs when (both targets)."""
 """libpq password file of the superuser, for pgBackRest's connection over the private socket."""
 
 
@@ -173,6 +175,11 @@ def render_pgbackrest_conf(stack: StackConfig, secrets: Secrets, layout: Layout)
     return _render("pgbackrest.conf.j2", stack=stack, layout=layout, backup=backup,
                    secrets=secrets, repo_path=repo_path, s3_host=host, s3_port=port,
                    excludes=_nested_excludes(layout))  # fmt: skip
+
+
+def render_backup_schedule(stack: StackConfig, layout: Layout) -> str:
+    """The backup schedule poolkit-backup-scheduler follows (no secret: it names the files)."""
+    return _render("backup-schedule.j2", stack=stack, layout=layout, backup=stack.backup)
 
 
 def render_pgpass(secrets: Secrets) -> str:
@@ -359,6 +366,7 @@ def render_all(stack: StackConfig, plan: Plan, secrets: Secrets, layout: Layout)
         if stack.backup.enabled:
             files[PGBACKREST_CONF] = render_pgbackrest_conf(stack, secrets, layout)
             files[PGPASS] = render_pgpass(secrets)
+            files[BACKUP_SCHEDULE] = render_backup_schedule(stack, layout)
     files |= {peer.ini: render_pgbouncer_ini(stack, plan, layout, peer.peer_id)
               for peer in pgbouncer_peers(plan, layout)}
     files["userlist.txt"] = render_userlist(secrets)

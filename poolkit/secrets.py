@@ -119,6 +119,13 @@ def generate_passphrase() -> str:
     return random.token_urlsafe(48)
 
 
+def given_passphrase(stack: StackConfig) -> str:
+    """``poolkit:backup_passphrase`` in clear text, else "" (an encrypted one is for Pulumi:
+    the local target keeps its own in ``secrets.json``)."""
+    value = stack.backup_passphrase
+    return value if isinstance(value, str) else ""
+
+
 def s3_key_secret(stack: StackConfig) -> str:
     """The S3 secret key for the local target: the environment, else the stack file."""
     value = os.environ.get(S3_SECRET_ENV) or stack.backup_s3_key_secret or ""
@@ -131,13 +138,15 @@ def s3_key_secret(stack: StackConfig) -> str:
     return value
 
 
-def resolve(stack: StackConfig, superuser: str, previous: Secrets | None = None) -> Secrets:
-    """Credentials for ``stack``: given passwords win, then the previous ones, then new ones."""
+def resolve(stack: StackConfig, superuser: str, previous: Secrets | None = None,
+            kept_passphrase: str = "") -> Secrets:
+    """Credentials for ``stack``: given passwords win, then the previous ones, then new ones
+    (the passphrase: given, previous, ``kept_passphrase`` of a kept repository, new)."""
     db = stack.database
     backup = stack.backup
     return Secrets(
-        backup_passphrase=(previous and previous.backup_passphrase)
-        or (generate_passphrase() if backup.enabled else ""),
+        backup_passphrase=given_passphrase(stack) or (previous and previous.backup_passphrase)
+        or kept_passphrase or (generate_passphrase() if backup.enabled else ""),
         backup_s3_key_secret=s3_key_secret(stack) if backup.repo == "s3" else "",
         superuser=_credential(superuser, None, previous and previous.superuser),
         migrator=_credential(

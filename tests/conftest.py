@@ -180,7 +180,7 @@ def start_local_stack(
 
 
 def stop_local_stack(stack: LocalStack) -> None:
-    stack.poolkit("down", "--purge", "--yes", check=False)
+    stack.poolkit("down", "--purge", "--purge-backups", "--yes", check=False)
     shutil.rmtree(stack.base, ignore_errors=True)
 
 

@@ -98,7 +98,7 @@ def run(scale: int, archive_timeout: int, out: Path, say: Any = print) -> dict[s
             say(f"bench-backup: restore --to latest in {restore_s:.1f} s, "
                 f"{restored} of {rows} pgbench_accounts rows back")
         finally:
-            runner.down(purge=True)
+            runner.down(purge=True, purge_backups=True)
     results = {
         "scale": scale, "rows": rows, "restored_rows": restored,
         "backup_s": round(backup_s, 2), "database_bytes": taken.size,

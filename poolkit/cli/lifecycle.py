@@ -101,20 +101,26 @@ def smoke_command(env_file: Path, as_json: bool) -> None:
 
 @click.command("down")
 @stack_options(state_dir=True)
-@click.option("--purge", is_flag=True, help="Also delete data, configs, secrets and .env files.")
+@click.option("--purge", is_flag=True, help="Also delete data, configs, secrets and .env files "
+              "(the backup repository and its passphrase are kept).")
+@click.option("--purge-backups", is_flag=True,
+              help="With --purge: delete the backup repository and its passphrase too.")
 @click.option("--yes", is_flag=True, help="Do not ask before --purge deletes data.")
-def down_command(stack: StackChoice, purge: bool, yes: bool) -> None:
+def down_command(stack: StackChoice, purge: bool, purge_backups: bool, yes: bool) -> None:
     """Stop the local stack's processes (apps, PgBouncer, Postgres); --purge deletes its data."""
     from poolkit.local import LocalError
 
+    if purge_backups and not purge:
+        raise BadInput("--purge-backups: only deletes with --purge. Fix: add --purge")
     runner = stack.runner()
+    what = "the database, secrets" + (", backups" if purge_backups else "")
     if purge and not yes:
         if not click.get_text_stream("stdin").isatty():
             raise BadInput("--purge deletes the database; add --yes to confirm without a prompt")
-        click.confirm(f"Delete {runner.paths.root} (the database, secrets) and its .env files?",
+        click.confirm(f"Delete {runner.paths.root} ({what}) and its .env files?",
                       abort=True)  # fmt: skip
     try:
-        echo(runner.down(purge), indent="  ")
+        echo(runner.down(purge, purge_backups), indent="  ")
     except LocalError as error:
         raise step_failed(error) from None
 

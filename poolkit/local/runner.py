@@ -15,8 +15,9 @@ from typing import Any
 from poolkit import console, external, node_apps
 from poolkit import secrets as stack_secrets
 from poolkit.config import NAMESPACE, ConfigError, Problem, StackConfig
+from poolkit.envfile import write_private
 from poolkit.layouts import local_layout
-from poolkit.local import apps, exporters, files
+from poolkit.local import apps, backup_schedule, exporters, files
 from poolkit.local import external as local_external
 from poolkit.local.apps import Replica
 from poolkit.local.errors import LocalError
@@ -149,7 +150,9 @@ class Runner:
         check_reachable(PACKAGE_ROOT, user, "poolkit's code", listable=True)
         stack = installed_stack(stack, tools, progress)
         the_plan = plan(stack)
-        credentials = stack_secrets.resolve(stack, user.name, stack_secrets.load(paths.secrets))
+        kept = paths.kept_passphrase.read_text().strip() if paths.kept_passphrase.is_file() else ""
+        credentials = stack_secrets.resolve(stack, user.name, stack_secrets.load(paths.secrets),
+                                            kept)  # fmt: skip
         admin_password = None
         if stack.postgres.external:  # checked before anything is created
             admin_password = stack_secrets.external_admin_password(stack)
@@ -182,6 +185,7 @@ class Runner:
         try:
             paths.mkdirs(user, data=not stack.postgres.external)
             stack_secrets.save(paths.secrets, credentials)
+            paths.kept_passphrase.unlink(missing_ok=True)  # secrets.json holds it again
             changed = files.write_conf(paths.conf, rendered, user)
             rotated = stack.uses_tls and files.ensure_tls(paths.conf, user, stack)
             recorded = self._state(stack, tools, user, replicas, project_root, old,
@@ -198,6 +202,8 @@ class Runner:
                                         self._pause_for_restart(now, old, credentials))  # fmt: skip
                 if stack.backup.enabled:
                     self._ensure_backups(stack, user, journal)
+                backup_schedule.converge(host, stack, paths.supervisor(backup_schedule.NAME),
+                                         changed, journal)  # fmt: skip
             bouncer = PgBouncer(host, str(tools.pgbouncer), pgbouncer_peers(the_plan, layout))
             bouncer.converge(
                 stack, tools.pgbouncer_version, credentials, changed, now.pgbouncer, old, journal
@@ -232,6 +238,8 @@ class Runner:
         with self.progress.step(f"pgBackRest stanza {stack.stack} ({stack.backup.repo})"):
             try:
                 backup.ensure_stanza(LocalTarget(stack, self.paths.root))
+            except backup.RepositoryMismatch as error:
+                self.progress.warn(str(error))  # the kept backups wait for a restore
             except (backup.BackupError, backup.BackupRefused) as error:
                 raise LocalError(str(error)) from None
 
@@ -353,13 +361,15 @@ class Runner:
 
     # -- down / status --
 
-    def down(self, purge: bool) -> list[str]:
+    def down(self, purge: bool, purge_backups: bool = False) -> list[str]:
+        """Stop the processes; ``purge``: delete the state dir, but for the backup repository
+        and its passphrase unless ``purge_backups``."""
         if not self.paths.root.exists():
             return [f"nothing to do: {self.paths.root} does not exist"]
         with self.paths.lock():
-            return self._down(purge)
+            return self._down(purge, purge_backups)
 
-    def _down(self, purge: bool) -> list[str]:
+    def _down(self, purge: bool, purge_backups: bool = False) -> list[str]:
         done: list[str] = []
         state = self.paths.load_state()
         if self.paths.run.is_dir():
@@ -379,10 +389,40 @@ class Runner:
             for env_file in state.env_files if state else []:
                 Path(env_file).unlink(missing_ok=True)
                 done.append(f"deleted {env_file}")
-            if self.paths.root.exists():
+            passphrase = self._passphrase()
+            if purge_backups or not passphrase:
                 shutil.rmtree(self.paths.root)
-                done.append(f"deleted {self.paths.root} (data, configs, secrets, logs)")
+                done.append(f"deleted {self.paths.root} (data, configs, secrets, logs"
+                            f"{', backups' if passphrase else ''})")  # fmt: skip
+            else:
+                done += self._purge_keeping_backups(passphrase)
         return done or ["nothing was running"]
+
+    def _passphrase(self) -> str:
+        """The backup repository's passphrase, if the stack has one."""
+        if self.paths.kept_passphrase.is_file():
+            return self.paths.kept_passphrase.read_text().strip()
+        credentials = stack_secrets.load(self.paths.secrets) if self.paths.secrets.is_file() \
+            else None
+        return credentials.backup_passphrase if credentials else ""
+
+    def _purge_keeping_backups(self, passphrase: str) -> list[str]:
+        """Delete all but the repository; keep its passphrase (0600) for the next ``up``."""
+        keep = {self.paths.backups.name, self.paths.kept_passphrase.name}
+        for entry in self.paths.root.iterdir():
+            if entry.name in keep:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        write_private(self.paths.kept_passphrase, passphrase + "\n")
+        where = (f"the backup repository {self.paths.backups} and its passphrase"
+                 if self.paths.backups.is_dir() else "the S3 repository's passphrase")
+        return [f"deleted data, configs, secrets and logs in {self.paths.root}",
+                f"kept {where} ({self.paths.kept_passphrase}): the next `poolkit up` of this "
+                "stack uses them and `poolkit restore` brings the data back; add "
+                "--purge-backups to delete them too"]
 
     def status(self) -> dict[str, Any]:
         """What runs, as what user, on which port; PgBouncer's pool counters."""
@@ -408,6 +448,8 @@ class Runner:
             entry(app["key"], self.paths.supervisor(app["key"]), app["port"])
         for name, port in (state.exporter_ports if state else {}).items():
             entry(name, self.paths.supervisor(name), port)
+        if backup_schedule.NAME in self.paths.supervised():
+            entry(backup_schedule.NAME, self.paths.supervisor(backup_schedule.NAME), None)
         pools: list[dict[str, Any]] = []
         credentials = stack_secrets.load(self.paths.secrets)
         if bouncer and credentials and state:

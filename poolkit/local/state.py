@@ -98,6 +98,16 @@ class Paths:
         return self.root / "secrets.json"
 
     @property
+    def backups(self) -> Path:
+        """The pgBackRest repository (``repo: posix``)."""
+        return self.root / "backups"
+
+    @property
+    def kept_passphrase(self) -> Path:
+        """The repository's passphrase kept by ``down --purge`` (0600) for the next ``up``."""
+        return self.root / "backup-passphrase"
+
+    @property
     def state(self) -> Path:
         return self.root / "state.json"
 

@@ -45,6 +45,10 @@ program, ``finish_run``) does what ``pulumi up`` does with the provider:
 - networks, volumes and random values are replaced on any change;
 - a replacement deletes first when the resource has ``delete_before_replace`` (read from the
   registration by ``OptionsMonitor``), else creates the new one first;
+- a resource registered with ``retain_on_delete`` is, on any delete (destroy, a run that no
+  longer declares it, a replacement), only dropped from the state: the engine keeps the object,
+  as Pulumi does. A later run that declares it again creates it anew, and for a named volume
+  Docker hands back the kept one (a volume create of an existing name returns it);
 - resources the run no longer registers are deleted after it (``finish_run``), dependents
   first: the state keeps the order of first creation (a replacement keeps its place), which
   is a dependency order, as Pulumi's snapshot is;
@@ -221,6 +225,8 @@ class Applied:
     """What ``new_resource`` returned (inputs, secrets still wrapped, plus computed outputs)."""
     delete_before_replace: bool
     digest: str = ""
+    retain_on_delete: bool = False
+    """Deleting only drops it from the state; the engine keeps it (``retain_on_delete``)."""
     """Images: the build context's digest, which is what makes the provider rebuild."""
 
 
@@ -235,6 +241,7 @@ class OptionsMonitor(MockMonitor):
         key = (request.type, request.name)
         self.engine_mocks.delete_before_replace[key] = bool(request.deleteBeforeReplace)
         self.engine_mocks.replace_on_changes[key] = set(request.replaceOnChanges)
+        self.engine_mocks.retain_on_delete[key] = bool(request.retainOnDelete)
         return super().RegisterResource(request)
 
 
@@ -284,11 +291,13 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         """(type, name) -> the resource as applied, in creation order."""
         self.delete_before_replace: dict[tuple[str, str], bool] = {}
         self.replace_on_changes: dict[tuple[str, str], set[str]] = {}
+        self.retain_on_delete: dict[tuple[str, str], bool] = {}
         """(type, name) -> inputs whose change forces a replacement (``replace_on_changes``)."""
         self.seen: set[tuple[str, str]] = set()
         """Resources the current run registered; the rest are deleted by ``finish_run``."""
         self.actions: list[tuple[str, str]] = []
-        """(action, resource name) of every step: create, same, update, replace, delete."""
+        """(action, resource name) of every step: create, same, update, replace, delete,
+        retain (a delete that left the object on the engine)."""
         self.stops: dict[str, float] = {}
         """Container name -> seconds its graceful stop took on delete (the last one)."""
         self.removed_logs: dict[str, str] = {}
@@ -406,7 +415,8 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         outputs = {**args.inputs, **computed}
         key = (args.typ, args.name)
         self.state[key] = Applied(args.typ, args.name, resource_id, inputs, outputs,
-                                  self.delete_before_replace.get(key, False), digest)
+                                  self.delete_before_replace.get(key, False), digest,
+                                  self.retain_on_delete.get(key, False))
         self.actions.append((action, args.name))
         return resource_id, outputs
 
@@ -432,7 +442,11 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
         """Delete as the provider does: containers stopped first when ``destroy_grace_seconds``
         is set (the container's stop signal, then SIGKILL after that many seconds), else removed
         by force (SIGKILL); networks and volumes removed; images and random values left alone
-        (pulumi-docker's Image delete does not remove the local image)."""
+        (pulumi-docker's Image delete does not remove the local image). A resource with
+        ``retain_on_delete`` is left on the engine: Pulumi drops it from the state only."""
+        if applied.retain_on_delete:
+            self.actions.append(("retain", applied.name))
+            return
         api = self.client.api
         if applied.typ == CONTAINER:
             name = applied.inputs.get("name") or applied.name

@@ -6,12 +6,19 @@ instant), more writes; then the Postgres container is SIGKILLed and its data vol
 ``poolkit restore --target pulumi --to latest`` brings back every acknowledged row, ``--to T``
 exactly the rows acknowledged before T; the replaced data is kept in the volume, and the
 containers and volumes are the ones the program made (no Pulumi state changes).
+
+Then ``pulumi destroy``: the repository volume is retained (dropped from the state, kept on the
+engine), the next ``pulumi up`` of the stack (new containers, data volume and passwords) adopts
+it, and ``restore --to latest`` brings the rows back through the new stack's pooled URL.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 
 import docker
@@ -26,7 +33,7 @@ from tests.conftest import run_cli
 
 from .conftest import FIGURES
 from .engine_mocks import RUN_LABEL
-from .stack import E2EStack, bring_up, new_stack
+from .stack import E2EStack, bring_up, new_stack, update
 
 pytestmark = pytest.mark.e2e
 ARCHIVE_TIMEOUT_S = 2
@@ -38,6 +45,9 @@ def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
     stack = new_stack(client)
     stack.config.pop("poolkit:apps")
     stack.config["poolkit:backup"] = {"enabled": True, "archive_timeout": ARCHIVE_TIMEOUT_S}
+    # What `poolkit up --target pulumi` saves in the stack's config, which destroy keeps.
+    stack.config["poolkit:backup_passphrase"] = secrets.token_urlsafe(48)
+    stack.secret_keys = ["poolkit:backup_passphrase"]
     import yaml
 
     stack.stack_file.write_text(yaml.safe_dump({"config": stack.config}, sort_keys=False))
@@ -113,3 +123,61 @@ def test_pitr_under_write_load_after_sigkill_and_lost_volume(stack: E2EStack) ->
         "restore --to T": seconds_in(at_t.stdout, "restored and running"),
     }  # fmt: skip
     print(f"rows: {len(acked)} acknowledged, {len(before_t)} before T")
+
+
+def test_destroy_keeps_the_repository_and_the_next_up_restores_from_it(
+    stack: E2EStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert stack.mocks is not None
+    before = rows(stack.env()["DIRECT_URL"])
+    cli(stack, "backup")
+    old_passwords = set(stack.mocks.passwords.values())
+    repository = f"poolkit-{stack.name}-backups"
+
+    stack.mocks.destroy()
+    assert ("retain", "poolkit-postgres-backups") in stack.mocks.actions
+    assert stack.client.volumes.get(repository).name == repository
+    assert not stack.client.containers.list(all=True, filters={"name": f"poolkit-{stack.name}-"})
+
+    update(stack, stack.config, tuple(stack.secret_keys))  # `pulumi up`: an empty state
+    assert ("create", "poolkit-postgres-backups") in stack.mocks.actions
+    assert not old_passwords & set(stack.mocks.passwords.values()), "new passwords expected"
+    pulumi_target.ensure_backups(load_stack(stack.stack_file))  # a new cluster: warned, not fatal
+    assert "holds the backups of an earlier cluster" in capsys.readouterr().err
+    direct, pooled = stack.env()["DIRECT_URL"], stack.env()["DATABASE_URL"]
+    with psycopg.connect(direct, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('pitr')").fetchone() == (None,)
+    listed = cli(stack, "backups")
+    assert listed.stdout.count(" full ") == 2, listed.stdout
+
+    restored = cli(stack, "restore", "--to", "latest", "--yes")
+    assert rows(direct) == before, "the kept repository did not bring the rows back"
+    with psycopg.connect(pooled, autocommit=True) as conn:  # the new passwords work again
+        assert conn.execute("SELECT count(*) FROM pitr").fetchone()[0] == len(before)
+    assert "WAL archiving works" in cli(stack, "check").stdout
+    FIGURES["Docker backup and point-in-time restore"][
+        "after destroy + up: restore --to latest"] = seconds_in(restored.stdout,
+                                                                "restored and running")
+
+
+def test_the_containers_scheduler_takes_a_full_backup_when_it_is_due(stack: E2EStack) -> None:
+    """A schedule due every minute: the image's poolkit-backup-scheduler (started by the
+    entrypoint next to the server) takes a full backup without any `poolkit backup`."""
+    before = len(json.loads(cli(stack, "backups", "--json").stdout))
+    config = {**stack.config, "poolkit:backup": {**stack.config["poolkit:backup"],
+                                                 "full_schedule": "* * * * *",
+                                                 "retention_full": 5}}  # fmt: skip
+    update(stack, config, tuple(stack.secret_keys))
+    started = time.monotonic()
+    while time.monotonic() - started < 150:
+        if len(json.loads(cli(stack, "backups", "--json").stdout)) > before:
+            break
+        time.sleep(3)
+    else:
+        pytest.fail("no scheduled backup within 150 s:\n" + stack.container("postgres").logs(
+            tail=40).decode(errors="replace"))
+    log = stack.container("postgres").logs().decode(errors="replace")
+    assert "poolkit-backup-scheduler" in log and "next: full backup at" in log, log[-2000:]
+    FIGURES["Docker backup and point-in-time restore"][
+        "scheduled full backup listed after the schedule's update (s)"] = round(
+        time.monotonic() - started, 1)

@@ -301,3 +301,38 @@ def test_a_changed_healthcheck_replaces_only_with_replace_on_changes(client) -> 
         assert health["Interval"] == 4 * 10**9
     finally:
         mocks.cleanup()
+
+
+def volume_program(run_id: str, retain: bool) -> pulumi.Output:
+    volume = pd.Volume("repo", name=f"{run_id}-repo",
+                       labels=[pd.VolumeLabelArgs(label=RUN_LABEL, value=run_id)],
+                       opts=pulumi.ResourceOptions(retain_on_delete=retain))  # fmt: skip
+    return pulumi.Output.all(name=volume.name)
+
+
+def test_destroy_keeps_a_retained_volume_and_a_new_run_adopts_it(client) -> None:
+    """As Pulumi: ``retain_on_delete`` drops the volume from the state on destroy and leaves it
+    on the engine with its contents; the next run's create hands back the same volume. Without
+    the option, destroy removes it."""
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    mocks = DockerEngineMocks(run_id, client)
+    try:
+        name = run_program(mocks, lambda: volume_program(run_id, True))["name"]
+        client.containers.run(BASE_IMAGE, ["sh", "-c", "echo kept > /repo/file"], remove=True,
+                              volumes={name: {"bind": "/repo", "mode": "rw"}},
+                              labels={RUN_LABEL: run_id})  # fmt: skip
+        mocks.destroy()
+        assert mocks.actions[-1] == ("retain", "repo") and mocks.state == {}
+        assert client.volumes.get(name).name == name
+        assert run_program(mocks, lambda: volume_program(run_id, False))["name"] == name
+        assert mocks.actions[-1] == ("create", "repo")
+        read = client.containers.run(BASE_IMAGE, ["cat", "/repo/file"], remove=True,
+                                     volumes={name: {"bind": "/repo", "mode": "ro"}},
+                                     labels={RUN_LABEL: run_id})  # fmt: skip
+        assert read == b"kept\n"
+        mocks.destroy()
+        assert mocks.actions[-1] == ("delete", "repo")
+        with pytest.raises(docker.errors.NotFound):
+            client.volumes.get(name)
+    finally:
+        mocks.cleanup()

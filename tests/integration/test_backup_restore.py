@@ -124,3 +124,39 @@ def test_missing_repository_is_refused(stack: LocalStack) -> None:
         assert "no backup repository" in done.stderr
     finally:
         moved.rename(repo)
+
+
+def test_purge_keeps_the_repository_and_the_next_up_restores_from_it(stack: LocalStack) -> None:
+    """``down --purge`` deletes the data and secrets but keeps the repository and its passphrase;
+    the next ``up`` makes a new cluster (new passwords, a warning about the kept backups) and
+    ``restore --to latest`` brings the rows back; ``--purge-backups`` deletes everything."""
+    before = rows(stack.env()["DIRECT_URL"])
+    cli(stack, "backup")
+    old_secrets = (stack.state_dir / "secrets.json").read_text()
+
+    purged = stack.poolkit("down", "--purge", "--yes")
+    assert "kept the backup repository" in purged.stdout and "--purge-backups" in purged.stdout
+    assert sorted(p.name for p in stack.state_dir.iterdir()) == ["backup-passphrase", "backups"]
+    assert oct((stack.state_dir / "backup-passphrase").stat().st_mode & 0o777) == "0o600"
+
+    again = stack.poolkit("up", "--no-smoke")
+    assert "holds the backups of an earlier cluster" in again.stdout + again.stderr
+    assert not (stack.state_dir / "backup-passphrase").exists()  # back in secrets.json
+    assert (stack.state_dir / "secrets.json").read_text() != old_secrets  # new passwords
+    env = stack.env()
+    with psycopg.connect(env["DIRECT_URL"], autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('pitr')").fetchone() == (None,)
+
+    restored = cli(stack, "restore", "--to", "latest", "--yes")
+    assert "restored and running" in restored.stdout
+    assert rows(env["DIRECT_URL"]) == before
+    with psycopg.connect(env["POOLED_DATABASE_URL"], autocommit=True,
+                         prepare_threshold=None) as conn:  # fmt: skip
+        assert conn.execute("SELECT count(*) FROM pitr").fetchone()[0] == len(before)
+    assert "WAL archiving works" in cli(stack, "check").stdout
+
+    refused = run_cli("down", "--purge-backups", "--yes", "--state-dir", str(stack.state_dir),
+                      check=False)  # fmt: skip
+    assert refused.returncode == 2 and "add --purge" in refused.stderr
+    gone = stack.poolkit("down", "--purge", "--purge-backups", "--yes")
+    assert "backups" in gone.stdout and not stack.state_dir.exists()

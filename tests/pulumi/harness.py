@@ -68,6 +68,7 @@ class Registered:
     dependencies: list[str]
     delete_before_replace: bool
     replace_on_changes: list[str]
+    retain_on_delete: bool = False
 
     @property
     def args(self) -> dict[str, Any]:
@@ -156,6 +157,7 @@ class RecordingMonitor(MockMonitor):
                 dependencies=list(request.dependencies),
                 delete_before_replace=request.deleteBeforeReplace,
                 replace_on_changes=list(request.replaceOnChanges),
+                retain_on_delete=bool(request.retainOnDelete),
             ))  # fmt: skip
         return response
 

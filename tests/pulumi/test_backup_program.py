@@ -13,6 +13,8 @@ def test_backups_add_a_repository_volume_and_a_kept_passphrase() -> None:
     deployed = deploy("prod", stack_file_config("prod"))
     volumes = {v.args["name"]: v for v in deployed.of_type(VOLUME)}
     assert set(volumes) == {"poolkit-prod-pgdata", "poolkit-prod-backups"}
+    assert volumes["poolkit-prod-backups"].retain_on_delete, "destroy must keep the backups"
+    assert not volumes["poolkit-prod-pgdata"].retain_on_delete
     postgres = deployed.named("poolkit-postgres-container")
     assert postgres.args["volumes"] == [
         {"volumeName": "poolkit-prod-pgdata", "containerPath": "/var/lib/postgresql/data"},
@@ -48,3 +50,17 @@ def test_s3_secret_key_is_required_and_read_as_a_secret() -> None:
     conf = files["/etc/poolkit/pgbackrest.conf"]["content"]
     assert "repo1-s3-key-secret=s3-secret-value\n" in conf
     assert not [v for v in deployed.of_type(VOLUME) if "backups" in v.args["name"]]
+
+
+def test_a_passphrase_in_the_stack_config_replaces_the_generated_one() -> None:
+    """``poolkit:backup_passphrase`` (kept by ``pulumi destroy``, unlike the state) is what
+    pgbackrest.conf gets; no passphrase resource is generated then."""
+    deployed = deploy("prod", {**stack_file_config("prod"),
+                               "poolkit:backup_passphrase": "kept-passphrase-0123"},
+                      secret_keys=("poolkit:backup_passphrase",))  # fmt: skip
+    assert not [r for r in deployed.of_type(PASSWORD) if r.name.endswith("backup-passphrase")]
+    postgres = deployed.named("poolkit-postgres-container")
+    files = {u["file"]: u for u in postgres.args["uploads"]}
+    assert "repo1-cipher-pass=kept-passphrase-0123\n" in files["/etc/poolkit/pgbackrest.conf"][
+        "content"]
+    assert is_secret(postgres.inputs["uploads"])

@@ -21,6 +21,7 @@ from poolkit.envfile import parse_env
 from poolkit.layouts import docker_layout, network_layout
 from poolkit.outputs import Outputs
 from poolkit.render import (
+    render_backup_schedule,
     render_env,
     render_init_sql,
     render_pg_hba,
@@ -134,6 +135,8 @@ def test_postgres_configs_are_the_core_rendering(stack_name: str, deployed: Depl
             layout.pgbackrest_conf: (render_pgbackrest_conf(stack, with_passphrase, layout),
                                      "0600"),
             layout.pgpass: (render_pgpass(credentials), "0600"),
+            f"{layout.config_dir}/backup-schedule": (render_backup_schedule(stack, layout),
+                                                    "0644"),
         }  # fmt: skip
     assert set(files) == set(expected), container.urn
     for path, (content, mode) in expected.items():

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from poolkit import pulumi_target
 from poolkit.cli import main
 from poolkit.outputs import Outputs
+from poolkit.pulumi_target import GENERATED_PASSPHRASE as GENERATED
 from poolkit.pulumi_target import INSTALL_URL, PulumiError
 
 pytestmark = pytest.mark.pulumi
@@ -39,6 +40,11 @@ if args[:2] == ["stack", "ls"]:
     print(os.environ.get("FAKE_PULUMI_STACKS", "[]"))
 elif args[:2] == ["stack", "output"]:
     print(open(os.environ["FAKE_PULUMI_OUTPUTS"]).read())
+elif args[:2] == ["stack", "export"]:
+    print(os.environ.get("FAKE_PULUMI_EXPORT", "{{}}"))
+elif args[:2] == ["config", "set"]:
+    with open(os.environ["FAKE_PULUMI_LOG"] + ".stdin", "w") as stdin:
+        stdin.write(sys.stdin.read())
 """
 FAKE_DOCKER = """#!{python}
 import json, os, sys
@@ -289,3 +295,41 @@ def test_up_of_an_external_postgres_smokes_from_this_host(
                         lambda *_: pytest.fail("smoke ran on the stack network"))
     path = pulumi_target.up("dev")
     assert smoked == [path]
+
+
+def backup_stack(**extra: Any) -> Any:
+    from poolkit.config import parse_stack
+
+    return parse_stack({"poolkit:backup": {"enabled": True}, **extra}, "dev")
+
+
+@pytest.mark.parametrize("generated", [None, "state-passphrase-abc"], ids=["new", "from-state"])
+def test_up_keeps_the_backup_passphrase_in_the_stack_config(
+    project: Path, monkeypatch: pytest.MonkeyPatch, generated: str | None
+) -> None:
+    """``pulumi destroy`` drops the state (where a generated passphrase lives) but keeps the
+    config: up saves the passphrase there, on stdin; a stack that generated one keeps it."""
+    monkeypatch.setattr(pulumi_target, "run_smoke", lambda path, root: None)
+    monkeypatch.setattr(pulumi_target, "ensure_backups", lambda stack: None)
+    if generated:
+        monkeypatch.setenv("FAKE_PULUMI_EXPORT", json.dumps({"deployment": {"resources": [{
+            "urn": "urn:pulumi:dev::poolkit::poolkit:index:Environment$" + GENERATED,
+            "outputs": {"result": {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75f",
+                                   "plaintext": json.dumps(generated)}}}]}}))  # fmt: skip
+    pulumi_target.up(backup_stack())
+    args = [c["args"] for c in calls(project)]
+    assert ["config", "set", "--secret", "--stack", "dev", "poolkit:backup_passphrase"] in args
+    assert args.index(["up", "--yes", "--stack", "dev"]) > args.index(
+        ["config", "set", "--secret", "--stack", "dev", "poolkit:backup_passphrase"])
+    given = (project.parent / "calls.jsonl.stdin").read_text()
+    assert given == generated if generated else len(given) >= 48
+    assert all(given not in " ".join(call) for call in args)
+
+
+def test_up_leaves_a_given_backup_passphrase_alone(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pulumi_target, "run_smoke", lambda path, root: None)
+    monkeypatch.setattr(pulumi_target, "ensure_backups", lambda stack: None)
+    pulumi_target.up(backup_stack(**{"poolkit:backup_passphrase": {"secure": "v1:abc"}}))
+    assert not [c for c in calls(project) if c["args"][0] == "config"]

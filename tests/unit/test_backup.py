@@ -69,6 +69,7 @@ def test_s3_repository_renders_path_style_and_port(monkeypatch: pytest.MonkeyPat
     ({"repo": "nfs"}, "poolkit:backup.repo", "must be one of posix, s3"),
     ({"retention_full": 0}, "poolkit:backup.retention_full", "between 1 and 100"),
     ({"full_schedule": "daily"}, "poolkit:backup.full_schedule", "five cron fields"),
+    ({"diff_schedule": "0 25 * * *"}, "poolkit:backup.diff_schedule", "not a valid cron"),
     ({"archive_timeout": 0}, "poolkit:backup.archive_timeout", "between 1 and 3600"),
     ({"enabled": True, "repo": "s3"}, "poolkit:backup.s3_bucket", "required when repo is s3"),
     ({"enabled": True, "repo": "s3"}, "poolkit:backup_s3_key_secret", "required"),
