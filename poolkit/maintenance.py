@@ -14,6 +14,7 @@ not pooled and are closed by the restart.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +26,14 @@ from poolkit import secrets as stack_secrets
 from poolkit.local.errors import LocalError
 from poolkit.local.host import Host
 from poolkit.local.machine import service_user
-from poolkit.local.pgbouncer import PauseTimeout, admin_url, paused, stats_url
+from poolkit.local.pgbouncer import (
+    PauseTimeout,
+    admin_url,
+    console_hosts,
+    is_pgbouncer,
+    paused,
+    stats_url,
+)
 from poolkit.local.postgres import Postgres
 from poolkit.local.state import Paths, StackState
 
@@ -71,10 +79,10 @@ def restart_postgres(
     paths = Paths(state_dir.resolve())
     state, credentials = _stack(paths)
     database, port = state.database, state.pgbouncer_port
-    if not paths.postgres_pid() or not paths.supervisor("pgbouncer"):
+    if not paths.postgres_pid() or not any(map(is_pgbouncer, paths.supervised())):
         raise LocalError(f"the stack in {paths.root} is not running (PostgreSQL and PgBouncer "
                          "must both run): poolkit up first")  # fmt: skip
-    admin = admin_url(credentials, port)
+    admins = [admin_url(credentials, port, host) for host in console_hosts(state.peers())]
     postgres = Postgres(Host(paths, Path(state.pgbin), service_user()))
     wait_limit = int(console.config(stats_url(credentials, port))["query_wait_timeout"])
     if pause_timeout >= wait_limit:
@@ -84,7 +92,9 @@ def restart_postgres(
         started = time.monotonic()
         say(f"PAUSE {database}: waiting up to {pause_timeout:g} s for running transactions")
         try:
-            with paused(admin, database, pause_timeout):
+            with contextlib.ExitStack() as every_process:  # each PgBouncer process PAUSEd
+                for admin in admins:
+                    every_process.enter_context(paused(admin, database, pause_timeout))
                 pause_wait = time.monotonic() - started
                 say(f"paused in {pause_wait:.2f} s; restarting PostgreSQL (pg_ctl restart -m fast)")
                 restart_started = time.monotonic()

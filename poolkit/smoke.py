@@ -37,6 +37,9 @@ PREPARED_THREADS, PREPARED_QUERIES = 20, 10
 NOTIFY_WAIT_S = 5.0
 SAMPLE_EVERY_S = 0.01
 GUC = "poolkit.smoke"
+SESSION_STATE_ROUNDS = 8
+"""Rounds of the session-state check with several PgBouncer processes: B reaches A's process
+with probability 1 - (1 - 1/N)^holders per round (3 of 4 for 2 processes and 2 holders)."""
 
 
 class SmokeInputError(ValueError):
@@ -230,7 +233,9 @@ def check_session_state(target: Target) -> tuple[bool, str]:
 
     Client A sets a session variable, then client B opens a transaction, which PgBouncer
     serves with the server A just released. A's next statement must run on another server,
-    where its SET is absent. B clears what it inherited before committing.
+    where its SET is absent. B clears what it inherited before committing. With several
+    PgBouncer processes, B lands on A's process by chance: each round takes at most one
+    process's pool (so no B waits for a server), and a round repeats until B got A's server.
     """
     token = secrets.token_hex(6)
     with _direct(target, autocommit=True) as direct:
@@ -239,17 +244,34 @@ def check_session_state(target: Target) -> tuple[bool, str]:
         direct.execute("SELECT set_config(%s, '', false)", (GUC,))
     direct_kept = bool(row and row[0] == token)
 
-    attempts = 3
+    holders_per_round = min(3, int(console.config(target.stats)["default_pool_size"]))
+    for _ in range(SESSION_STATE_ROUNDS if target.processes > 1 else 1):
+        a_server, after, inherited = _session_state_round(target, token, holders_per_round)
+        pooled_lost = bool(after and after[0] != a_server and after[1] != token)
+        if pooled_lost:
+            break
+    figure = (f"SET kept on DIRECT_URL: {'yes' if direct_kept else 'NO'}; on POOLED_DATABASE_URL "
+              f"the next statement ran on backend {after and after[0]} (SET on {a_server}): "
+              f"{'value gone' if pooled_lost else 'value still there'}"
+              f"{'; another client inherited it' if inherited else ''}")  # fmt: skip
+    return direct_kept and pooled_lost, figure
+
+
+def _session_state_round(
+    target: Target, token: str, holders: int
+) -> tuple[Any, Any, bool]:
+    """A's SET, B's transactions until one holds A's server: (A's server, A's next row,
+    whether B saw A's value)."""
     with _pooled(target, autocommit=True) as client_a:
         set_row = client_a.execute("SELECT pg_backend_pid() FROM set_config(%s, %s, false)",
                                    (GUC, token)).fetchone()  # fmt: skip
         a_server = set_row[0] if set_row else None
-        holders: list[psycopg.Connection[Any]] = []
+        taken: list[psycopg.Connection[Any]] = []
         inherited = False
         try:
-            for _ in range(attempts):  # B: take servers until A's is held (LIFO: the first)
+            for _ in range(holders):  # B: take servers until A's is held (LIFO: the first)
                 holder = _pooled(target)
-                holders.append(holder)
+                taken.append(holder)
                 got = holder.execute("SELECT pg_backend_pid(), current_setting(%s, true)",
                                      (GUC,)).fetchone()  # fmt: skip
                 if got and got[0] == a_server:
@@ -258,16 +280,13 @@ def check_session_state(target: Target) -> tuple[bool, str]:
                     break
             after = client_a.execute("SELECT pg_backend_pid(), current_setting(%s, true)",
                                      (GUC,)).fetchone()  # fmt: skip
+            if after and after[0] == a_server:  # A kept its server: clear the value it set
+                client_a.execute("SELECT set_config(%s, '', false)", (GUC,))
         finally:
-            for holder in holders:
+            for holder in taken:
                 holder.commit()
                 holder.close()
-    pooled_lost = bool(after and after[0] != a_server and after[1] != token)
-    figure = (f"SET kept on DIRECT_URL: {'yes' if direct_kept else 'NO'}; on POOLED_DATABASE_URL "
-              f"the next statement ran on backend {after and after[0]} (SET on {a_server}): "
-              f"{'value gone' if pooled_lost else 'value still there'}"
-              f"{'; another client inherited it' if inherited else ''}")  # fmt: skip
-    return direct_kept and pooled_lost, figure
+    return a_server, after, inherited
 
 
 def check_burst(target: Target, clients: int = BURST_CLIENTS) -> tuple[bool, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from typing import Any
 
 import pytest
 import yaml
+from psycopg.conninfo import make_conninfo
 
+from poolkit import console
 from poolkit.envfile import read_env
 from poolkit.local import port_in_use
 
@@ -95,8 +98,27 @@ class LocalStack:
     def postmaster_pid(self) -> int:
         return int((self.state_dir / "data" / "postmaster.pid").read_text().split()[0])
 
+    def pgbouncer_pids(self) -> tuple[int, ...]:
+        """Every PgBouncer process's pid, by peer id (``pgbouncer.pid`` or ``pgbouncer-N.pid``)."""
+        found = {int(match[1] or 1): f for f in (self.state_dir / "run").iterdir()
+                 if (match := re.fullmatch(r"pgbouncer(?:-(\d+))?\.pid", f.name))}  # fmt: skip
+        return tuple(int(found[n].read_text().strip()) for n in sorted(found))
+
     def pgbouncer_pid(self) -> int:
-        return int((self.state_dir / "run" / "pgbouncer.pid").read_text().strip())
+        """PgBouncer process 1's pid."""
+        return self.pgbouncer_pids()[0]
+
+    def console_urls(self) -> list[str]:
+        """The stats console of every PgBouncer process: the TCP port reaches any one of
+        several, so each is read through its own Unix socket."""
+        url, peers = self.env()["PGBOUNCER_STATS_URL"], self.state()["pgbouncer_peers"]
+        if len(peers) <= 1:
+            return [url]
+        return [make_conninfo(url, host=peer["socket_dir"]) for peer in peers]
+
+    def console_rows(self, what: str) -> list[dict[str, Any]]:
+        """``SHOW what`` of every PgBouncer process, together."""
+        return [row for url in self.console_urls() for row in console.show(url, what)]
 
 
 def run_cli(

@@ -99,7 +99,9 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         pid = f" pid {item['pid']}" if item["running"] else ""
         lines.append(f"  {item['name']:<16} {state:<8} {where}{listening}{pid}{owner}")
     for pool in report["pools"]:
-        lines.append(f"  pool {pool['database']}/{pool['user']}: cl_active {pool['cl_active']} "
+        process = f" (process {pool['process']})" if len(report["pools"]) > 1 else ""
+        lines.append(f"  pool {pool['database']}/{pool['user']}{process}: "
+                     f"cl_active {pool['cl_active']} "
                      f"cl_waiting {pool['cl_waiting']} sv_active {pool['sv_active']} "
                      f"sv_idle {pool['sv_idle']} sv_used {pool['sv_used']} "
                      f"maxwait {pool['maxwait']}s")  # fmt: skip

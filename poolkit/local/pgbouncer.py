@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from poolkit import console
@@ -59,16 +59,22 @@ def socket_accepts(socket_dir: str, port: int) -> bool:
     return True
 
 
+def console_hosts(peers: Sequence[Peer]) -> list[str]:
+    """Where each PgBouncer process's console answers: 127.0.0.1 for a single process; with
+    several, TCP reaches any one of them, so each through its own socket dir."""
+    return ["127.0.0.1"] if len(peers) <= 1 else [peer.socket_dir for peer in peers]
+
+
 def admin_url(credentials: stack_secrets.Secrets, port: int, host: str = "127.0.0.1") -> str:
     """The console as ``admin_users`` (RELOAD, PAUSE, RESUME); ``host`` may be a socket dir."""
     admin = credentials.pgbouncer_admin
     return postgres_url(admin.user, admin.password, host, port, "pgbouncer")
 
 
-def stats_url(credentials: stack_secrets.Secrets, port: int) -> str:
-    """The console as ``stats_users`` (SHOW only)."""
+def stats_url(credentials: stack_secrets.Secrets, port: int, host: str = "127.0.0.1") -> str:
+    """The console as ``stats_users`` (SHOW only); ``host`` may be a socket dir."""
     stats = credentials.pgbouncer_stats
-    return postgres_url(stats.user, stats.password, "127.0.0.1", port, "pgbouncer")
+    return postgres_url(stats.user, stats.password, host, port, "pgbouncer")
 
 
 class PauseTimeout(LocalError):
@@ -302,6 +308,10 @@ class PgBouncer:
             journal.actions.append(f"stopped PgBouncer ({len(running)} process(es)): the number "
                                    f"of processes is now {len(self.peers)}")  # fmt: skip
             running = {}
+            current = {peer.ini for peer in self.peers}
+            for path in self.paths.conf.glob("pgbouncer*.ini"):  # the old set's, e.g. 1 -> 2
+                if path.name not in current:
+                    path.unlink()
         missing = [peer for peer in self.peers if self.name(peer) not in running]
         for peer in missing:
             with progress.step(f"starting PgBouncer {version} process {peer.peer_id} of "
@@ -326,7 +336,8 @@ class PgBouncer:
             journal.actions.append("; ".join(rolled))
             return
         what = ", ".join(keys) or "userlist.txt"
-        with progress.step(f"reloading {len(present)} PgBouncer processes ({what} changed)"):
+        with progress.step(f"reloading {len(present)} PgBouncer processes (RELOAD: {what} "
+                           "changed)"):
             self.reload(credentials, old.pgbouncer_port if old else port)
         journal.actions.append(f"reloaded PgBouncer ({what}); clients stay connected")
 

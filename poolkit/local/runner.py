@@ -34,6 +34,7 @@ from poolkit.local.machine import (
 from poolkit.local.pgbouncer import (
     PgBouncer,
     admin_url,
+    console_hosts,
     is_pgbouncer,
     paused_if_possible,
     stats_url,
@@ -263,10 +264,7 @@ class Runner:
             return contextlib.nullcontext
         port, database = old.pgbouncer_port, old.database
         running = old.peers()
-        # Several processes: each is PAUSEd through its own socket (TCP reaches any one of them).
-        admins = [admin_url(credentials, port)] if len(running) <= 1 else [
-            admin_url(credentials, port, peer.socket_dir) for peer in running
-        ]  # fmt: skip
+        admins = [admin_url(credentials, port, host) for host in console_hosts(running)]
 
         @contextlib.contextmanager
         def paused_all() -> Iterator[None]:
@@ -453,10 +451,13 @@ class Runner:
         pools: list[dict[str, Any]] = []
         credentials = stack_secrets.load(self.paths.secrets)
         if bouncer and credentials and state:
+            peers = state.peers() or (Peer(1, "", "", "", ""),)
             with contextlib.suppress(Exception):
-                url = stats_url(credentials, state.pgbouncer_port)
-                pools = [{k: row[k] for k in POOL_COLUMNS} for row in console.pools(url)
-                         if row["database"] != "pgbouncer"]  # fmt: skip
+                for peer, host in zip(peers, console_hosts(peers), strict=True):
+                    url = stats_url(credentials, state.pgbouncer_port, host)
+                    pools += [{"process": peer.peer_id} | {k: row[k] for k in POOL_COLUMNS}
+                              for row in console.pools(url)
+                              if row["database"] != "pgbouncer"]  # fmt: skip
         return {"stack": state.stack if state else None, "state_dir": str(self.paths.root),
                 "initialised": (self.paths.data / "PG_VERSION").exists(),
                 "components": components, "pools": pools,

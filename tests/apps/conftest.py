@@ -35,7 +35,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from apps import db
-from poolkit import node_apps
+from poolkit import console, node_apps
 from poolkit import secrets as stack_secrets
 from poolkit.supervisor import STARTUP_GRACE_S
 from poolkit.urls import postgres_url
@@ -149,9 +149,9 @@ class AppStack:
 
     @property
     def max_db_connections(self) -> int:
-        """PgBouncer's running ``max_db_connections``: the most backends it ever opens."""
-        config = {row["key"]: row["value"] for row in self.console("SHOW CONFIG")}
-        return int(config["max_db_connections"])
+        """The most backends the pooler ever opens: every process's ``max_db_connections``."""
+        return sum(int(console.config(url)["max_db_connections"])
+                   for url in self.local.console_urls())  # fmt: skip
 
     @property
     def app_user(self) -> str:
@@ -178,23 +178,23 @@ class AppStack:
         passphrases = [saved.backup_passphrase, saved.backup_s3_key_secret]
         return [c.password for c in credentials if c is not None] + [p for p in passphrases if p]
 
-    def console(self, command: str) -> list[dict[str, Any]]:
-        """Run a SHOW command on the PgBouncer console as the stats user."""
-        stats = self.env["PGBOUNCER_STATS_URL"]
-        with psycopg.connect(stats, autocommit=True, prepare_threshold=None) as conn:
-            cur = conn.execute(command)
-            names = [col.name for col in cur.description or ()]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
     @property
     def pool_size(self) -> int:
-        """PgBouncer's running ``default_pool_size``."""
-        config = {row["key"]: row["value"] for row in self.console("SHOW CONFIG")}
-        return int(config["default_pool_size"])
+        """The pooler's running ``default_pool_size``: every process's together."""
+        return sum(int(console.config(url)["default_pool_size"])
+                   for url in self.local.console_urls())  # fmt: skip
 
     def clients_of(self, app: AppProcess) -> list[dict[str, Any]]:
-        """PgBouncer's client connections opened by one adapter process."""
-        return [c for c in self.console("SHOW CLIENTS") if c["application_name"] == app.name]
+        """Client connections one adapter process holds on any PgBouncer process."""
+        return [c for c in self.local.console_rows("CLIENTS") if c["application_name"] == app.name]
+
+    def _replaced(self, old: tuple[int, ...]) -> bool:
+        """Whether every PgBouncer process has a successor (a pidfile may be mid-write)."""
+        try:
+            pids = self.local.pgbouncer_pids()
+        except (ValueError, FileNotFoundError):
+            return False
+        return len(pids) == len(old) and not set(pids) & set(old)
 
     @contextlib.contextmanager
     def pgbouncer_down(self) -> Iterator[None]:
@@ -208,19 +208,21 @@ class AppStack:
         """
         port = self.local.pgbouncer_port
         run = self.local.state_dir / "run"
-        supervisor = int((run / "pgbouncer.supervisor.pid").read_text().strip())
-        old = self.local.pgbouncer_pid()
+        supervisors = [int(f.read_text().strip()) for f in run.glob("pgbouncer*.supervisor.pid")]
+        old = self.local.pgbouncer_pids()  # every process on the port
         age = time.monotonic() - PGBOUNCER_SEEN.get(port, 0.0)  # the supervisor's clock
         time.sleep(max(0.0, STARTUP_GRACE_S + 0.2 - age))
-        os.kill(supervisor, signal.SIGSTOP)
+        for supervisor in supervisors:
+            os.kill(supervisor, signal.SIGSTOP)
         try:
-            os.kill(old, signal.SIGKILL)
+            for pid in old:
+                os.kill(pid, signal.SIGKILL)
             wait_until(lambda: not listening(port), 10, "PgBouncer stopping")
             yield
         finally:
-            os.kill(supervisor, signal.SIGCONT)
-        wait_until(lambda: (run / "pgbouncer.pid").exists() and listening(port)
-                   and self.local.pgbouncer_pid() != old,
+            for supervisor in supervisors:
+                os.kill(supervisor, signal.SIGCONT)
+        wait_until(lambda: listening(port) and self._replaced(old),
                    PGBOUNCER_BACK_S, "PgBouncer restarted by its supervisor")  # fmt: skip
         PGBOUNCER_SEEN[port] = time.monotonic()
 

@@ -65,7 +65,7 @@ def local_facts(state_dir: Path) -> Deployment:
         ports=ports,
         listen_host="127.0.0.1",
         pg_hba=str(conf / "pg_hba.conf"),
-        pgbouncer_ini=str(conf / "pgbouncer.ini"),
+        pgbouncer_ini=str(min(conf.glob("pgbouncer*.ini"))),  # pgbouncer.ini or -1.ini
         postgresql_conf=str(conf / "postgresql.conf"),
         private_files=(str(conf / "userlist.txt"), *env_files),
         env_file=env_files[0],

@@ -41,12 +41,12 @@ def test_smoke_passes_every_check(local_stack: LocalStack) -> None:
 def test_second_up_restarts_nothing(local_stack: LocalStack) -> None:
     """Idempotence: same postmaster, same PgBouncer, same app supervisors, data kept."""
     run = local_stack.state_dir / "run"
-    before = (local_stack.postmaster_pid(), local_stack.pgbouncer_pid(),
+    before = (local_stack.postmaster_pid(), local_stack.pgbouncer_pids(),
               sorted(p.read_text() for p in run.glob("app-*.supervisor.pid")))  # fmt: skip
     started = time.monotonic()
     done = local_stack.poolkit("up", "--no-smoke")
     took = time.monotonic() - started
-    after = (local_stack.postmaster_pid(), local_stack.pgbouncer_pid(),
+    after = (local_stack.postmaster_pid(), local_stack.pgbouncer_pids(),
              sorted(p.read_text() for p in run.glob("app-*.supervisor.pid")))  # fmt: skip
     assert "nothing to change" in done.stdout
     assert after == before
@@ -56,13 +56,14 @@ def test_second_up_restarts_nothing(local_stack: LocalStack) -> None:
 def test_status_shows_running_processes_as_the_server_user(local_stack: LocalStack) -> None:
     report = json.loads(local_stack.poolkit("status", "--json").stdout)
     components = {c["name"]: c for c in report["components"]}
-    assert set(components) == {"postgres", "pgbouncer", "app-orders-0", "app-orders-1",
+    bouncers = {f"pgbouncer-{n}" for n in (1, 2)}  # 2 processes, the default from 2 CPUs
+    assert set(components) == {"postgres", *bouncers, "app-orders-0", "app-orders-1",
                                "app-edge-0"}  # fmt: skip
     for component in components.values():
         assert component["running"] and component["listening"], component
         assert component["user"] == local_stack.server_user
-    assert components["pgbouncer"]["port"] == local_stack.pgbouncer_port
-    assert [p["database"] for p in report["pools"]] == ["app"]
+    assert {components[name]["port"] for name in bouncers} == {local_stack.pgbouncer_port}
+    assert [(p["process"], p["database"]) for p in report["pools"]] == [(1, "app"), (2, "app")]
     assert all("***@" in url for url in report["urls"].values())
 
 

@@ -176,3 +176,64 @@ def test_rolling_restart_under_load_loses_no_client(stack: LocalStack) -> None:
     assert all(after[peer] != before[peer] for peer in before), (before, after)
     assert done["ok"] > 100
     assert not errors
+
+
+def test_a_one_process_stack_moves_to_the_derived_count_at_its_next_up() -> None:
+    """An existing stack of one process (``pgbouncer.ini``, the layout before the derived
+    default) meets ``up`` without the key: it runs the derived 2 processes from 2 CPUs, the old
+    file and process are gone, and clients that reconnect are served again within a second."""
+    why = _peering_pgbouncer()
+    if why:
+        pytest.skip(why)
+    stack = start_local_stack("poolkit-p1to2-", "onetotwo", with_apps=False,
+                              pgbouncer={"processes": 1})  # fmt: skip
+    try:
+        conf, pooled = stack.state_dir / "conf", stack.env()["POOLED_DATABASE_URL"]
+        assert (conf / "pgbouncer.ini").exists() and len(stack.pgbouncer_pids()) == 1
+        with psycopg.connect(stack.env()["DIRECT_URL"], autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (note text)")
+            conn.execute("INSERT INTO kept VALUES ('before the switch')")
+        stack.stack_file.write_text(stack.stack_file.read_text().replace("processes: 1", ""))
+        with _LongestGap(pooled) as gap:
+            done = stack.poolkit("up", "--no-smoke")
+        print(f"\n{done.stdout}\nlongest stretch without a pooled query: {gap.longest:.2f} s")
+        assert "stopping 1 PgBouncer process(es) to run 2" in done.stdout, done.stdout
+        assert sorted(p.name for p in conf.glob("pgbouncer*.ini")) == [
+            "pgbouncer-1.ini", "pgbouncer-2.ini"]  # fmt: skip
+        assert len(stack.pgbouncer_pids()) == 2 and stack.env()["PGBOUNCER_PROCESSES"] == "2"
+        assert gap.served > 10 and gap.longest < 2.0
+        with psycopg.connect(pooled, prepare_threshold=None) as conn:
+            assert conn.execute("SELECT note FROM kept").fetchall() == [("before the switch",)]
+    finally:
+        stop_local_stack(stack)
+
+
+class _LongestGap:
+    """A client connecting in a loop during the block: the longest stretch between two served
+    queries (a refused connection is retried at once, as the kit's retry guidance says)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.longest, self.served = url, 0.0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, prepare_threshold=None, connect_timeout=1) as conn:
+                    conn.execute("SELECT 1")
+            except psycopg.OperationalError:
+                time.sleep(0.01)
+                continue
+            now = time.monotonic()
+            self.longest, self.served, last = max(self.longest, now - last), self.served + 1, now
+
+    def __enter__(self) -> _LongestGap:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)  # a few queries on the new processes
+        self._stop.set()
+        self._thread.join(5)

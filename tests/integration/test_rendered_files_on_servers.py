@@ -116,7 +116,8 @@ def test_pgbouncer_version_gate_matters(local_stack: LocalStack) -> None:
         port = free_ports(1)
         results = {}
         for label, version in (("declared", "1.24"), ("detected", found[1])):
-            stack = replace(config, pgbouncer=replace(config.pgbouncer, version=version))
+            stack = replace(config, pgbouncer=replace(config.pgbouncer, version=version,
+                                                      processes=1))  # one file, no peering
             layout = replace(local_layout(stack, folder, "postgres"), pgbouncer_port=port,
                              pgbouncer_dir=str(folder), pgbouncer_pidfile="",
                              pgbouncer_logfile="", pgbouncer_socket_dir="")  # fmt: skip

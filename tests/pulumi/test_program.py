@@ -21,6 +21,7 @@ from poolkit.envfile import parse_env
 from poolkit.layouts import docker_layout, network_layout
 from poolkit.outputs import Outputs
 from poolkit.render import (
+    pgbouncer_peers,
     render_backup_schedule,
     render_env,
     render_init_sql,
@@ -110,11 +111,15 @@ def dev() -> Deployment:
 def test_pgbouncer_ini_upload_is_the_core_rendering(stack_name: str, deployed: Deployment) -> None:
     stack, sized = model(stack_name)
     container = deployed.named("poolkit-pgbouncer-container")
-    ini = uploads(container)["/etc/pgbouncer/pgbouncer.ini"]
-    expected = render_pgbouncer_ini(stack, sized, docker_layout(stack))
-    assert ini["content"] == expected, f"{container.urn}: pgbouncer.ini differs from the renderer"
-    assert "\npool_mode = transaction\n" in ini["content"], container.urn
-    assert (ini["permissions"], ini["owner"], ini["group"]) == ("0640", "999", "999"), container.urn
+    layout = docker_layout(stack)
+    peers = pgbouncer_peers(sized, layout)
+    assert len(peers) == sized.pool.split.processes
+    for peer in peers:  # one file per process (pgbouncer.ini alone, pgbouncer-N.ini among several)
+        ini = uploads(container)[f"/etc/pgbouncer/{peer.ini}"]
+        expected = render_pgbouncer_ini(stack, sized, layout, peer.peer_id)
+        assert ini["content"] == expected, f"{container.urn}: {peer.ini} differs from the renderer"
+        assert "\npool_mode = transaction\n" in ini["content"], container.urn
+        assert (ini["permissions"], ini["owner"], ini["group"]) == ("0640", "999", "999")
 
 
 def test_postgres_configs_are_the_core_rendering(stack_name: str, deployed: Deployment) -> None:
@@ -429,7 +434,7 @@ def test_dev_and_prod_differ_as_their_files_say() -> None:
     assert pool(dev) == model("dev")[1].pgbouncer_value("default_pool_size")
     assert pool(prod) == model("prod")[1].pgbouncer_value("default_pool_size")
     assert int(pool(prod)) > int(pool(dev))
-    prod_ini = uploads(prod.named("poolkit-pgbouncer-container"))["/etc/pgbouncer/pgbouncer.ini"]
+    prod_ini = uploads(prod.named("poolkit-pgbouncer-container"))["/etc/pgbouncer/pgbouncer-1.ini"]
     assert "\nshop = host=postgres port=5432 dbname=shop\n" in prod_ini["content"]
     assert "\nquery_wait_timeout = 10\n" in prod_ini["content"]
 

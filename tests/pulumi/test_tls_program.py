@@ -55,7 +55,7 @@ def test_pgbouncer_gets_key_cert_and_ca_and_is_published_on_the_address(
     assert "BEGIN PRIVATE KEY" in key["content"]
     assert "BEGIN CERTIFICATE" in files["/etc/pgbouncer/tls-ca.crt"]["content"]
     assert [(p["ip"], p["external"]) for p in bouncer.args["ports"]] == [("127.0.0.2", 16432)]
-    ini = files["/etc/pgbouncer/pgbouncer.ini"]["content"]
+    ini = files["/etc/pgbouncer/pgbouncer-1.ini"]["content"]  # 2 processes from 2 CPUs
     assert "client_tls_sslmode = require" in ini and "server_tls_sslmode = verify-full" in ini
 
 

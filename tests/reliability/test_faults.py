@@ -6,6 +6,7 @@ connection broke, idempotency keys for commits whose acknowledgement was lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -47,6 +48,18 @@ def _first_query_after(started: float, url: str, limit: float) -> float:
     raise AssertionError(f"{url.split('@')[-1]} did not answer within {limit} s")
 
 
+def _all_replaced(stack: LocalStack, victims: tuple[int, ...], limit: float) -> bool:
+    """Whether every killed PgBouncer process has a successor (a pidfile may be mid-write)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            pids = stack.pgbouncer_pids()
+            if len(pids) == len(victims) and not set(pids) & set(victims):
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def test_pgbouncer_sigkilled_five_times_loses_no_acknowledged_write(stack: LocalStack) -> None:
     env = stack.env()
     create_table(env["DIRECT_URL"], "writes")
@@ -54,11 +67,12 @@ def test_pgbouncer_sigkilled_five_times_loses_no_acknowledged_write(stack: Local
     with WriteLoad(env["POOLED_DATABASE_URL"], "writes", writers=6) as load:
         load.wait_progress(100, timeout=10)
         for _ in range(KILLS):
-            victim = stack.pgbouncer_pid()
+            victims = stack.pgbouncer_pids()  # every process on the port, so every writer drops
             killed_at = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
+            for victim in victims:
+                os.kill(victim, signal.SIGKILL)
             recoveries.append(_first_query_after(killed_at, env["POOLED_DATABASE_URL"], 10))
-            assert stack.pgbouncer_pid() != victim
+            assert _all_replaced(stack, victims, 10.0), f"not every process restarted: {victims}"
             load.wait_progress(50, timeout=10)  # the writers are back, not only a new client
             time.sleep(max(0.0, SUPERVISOR_GRACE_S - (time.monotonic() - killed_at)))
     verdict = load.verdict(env["DIRECT_URL"])

@@ -27,6 +27,9 @@ from tests.reliability.load import PlainLoad, create_table
 
 pytestmark = pytest.mark.integration
 CLIENTS = 8
+RESIZED_POOL = 8
+"""The plan's pool after the resize (from 5 at 2 CPUs; budget 10 over the default 2 processes):
+each process's default_pool_size goes from 2 to 4, and the process count stays."""
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def _wait_count(load: PlainLoad, more: int, timeout: float = 15) -> None:
 
 
 def _connected_clients(stack: LocalStack) -> set[str]:
-    clients = console.show(stack.env()["PGBOUNCER_STATS_URL"], "CLIENTS")
+    clients = stack.console_rows("CLIENTS")  # of every PgBouncer process
     return {c["application_name"] for c in clients if c["application_name"].startswith("plain-")}
 
 
@@ -97,34 +100,34 @@ def test_pause_timeout_resumes_and_leaves_postgres_alone(stack: LocalStack) -> N
 
 def test_pool_resize_by_up_reloads_with_clients_connected(stack: LocalStack) -> None:
     env = stack.env()
-    pids = (stack.postmaster_pid(), stack.pgbouncer_pid())
+    pids = (stack.postmaster_pid(), stack.pgbouncer_pids())
     max_connections = _max_connections(stack)
     size = int(console.config(env["PGBOUNCER_STATS_URL"])["default_pool_size"])
     with PlainLoad(env["POOLED_DATABASE_URL"], "ticks", clients=CLIENTS) as load:
         _wait_count(load, 200)
         write_stack_file(stack.stack_file, postgres_port=stack.postgres_port,
                          pgbouncer_port=stack.pgbouncer_port,
-                         pgbouncer={"default_pool_size": size + 1})  # fmt: skip
+                         pgbouncer={"default_pool_size": RESIZED_POOL})  # fmt: skip
         done = stack.poolkit("up", "--no-smoke")
         _wait_count(load, 200)
         assert _connected_clients(stack) == {f"plain-{i}" for i in range(CLIENTS)}
-    print(f"\npool resize {size} -> {size + 1} under load: {load.result.summary()}")
+    print(f"\npool resize {size} -> 4 per process under load: {load.result.summary()}")
     assert "reloaded PgBouncer (default_pool_size" in done.stdout, done.stdout
     assert load.result.errors == [], load.result.errors[:3]
-    assert int(console.config(env["PGBOUNCER_STATS_URL"])["default_pool_size"]) == size + 1
-    assert (stack.postmaster_pid(), stack.pgbouncer_pid()) == pids, "nothing restarted"
+    per_process = [console.config(url)["default_pool_size"] for url in stack.console_urls()]
+    assert (size, per_process) == (2, ["4", "4"])
+    assert (stack.postmaster_pid(), stack.pgbouncer_pids()) == pids, "nothing restarted"
     assert _max_connections(stack) == max_connections, "max_connections (multiple of 25) held"
 
 
 def test_up_restarting_postgres_pauses_pgbouncer_and_drops_no_client(stack: LocalStack) -> None:
     """A postmaster setting (shared_buffers, from memory) moved: `up` restarts behind PAUSE."""
     env, postmaster = stack.env(), stack.postmaster_pid()
-    size = int(console.config(env["PGBOUNCER_STATS_URL"])["default_pool_size"])
     with PlainLoad(env["POOLED_DATABASE_URL"], "ticks", clients=CLIENTS) as load:
         _wait_count(load, 200)
         write_stack_file(stack.stack_file, postgres_port=stack.postgres_port,
                          pgbouncer_port=stack.pgbouncer_port, memory="768MiB",
-                         pgbouncer={"default_pool_size": size})  # fmt: skip
+                         pgbouncer={"default_pool_size": RESIZED_POOL})  # fmt: skip
         done = stack.poolkit("up", "--no-smoke")
         _wait_count(load, 200)
     print(f"\nup restarting Postgres (shared_buffers) under load: {load.result.summary()}")

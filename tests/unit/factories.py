@@ -35,3 +35,8 @@ def to_kb(value: str) -> int:
         if value.endswith(unit):
             return int(value[: -len(unit)]) * factor
     raise ValueError(value)
+
+
+def first_ini(files: dict[str, str]) -> str:
+    """PgBouncer process 1's file: ``pgbouncer.ini`` alone, ``pgbouncer-1.ini`` among several."""
+    return files.get("pgbouncer.ini") or files["pgbouncer-1.ini"]

@@ -38,7 +38,8 @@ def test_plan_json_has_the_documented_shape(runner: CliRunner) -> None:
 def test_plan_text_explains_each_number(runner: CliRunner) -> None:
     result = runner.invoke(main, ["plan", "--stack", "prod"])
     assert result.exit_code == 0
-    assert "default_pool_size = 26" in result.output
+    assert "default_pool_size = 9" in result.output  # 26 over the 3 processes of 8 CPUs
+    assert "9 of the pool of 26" in result.output
     assert "Prisma's pool guidance" in result.output
 
 
@@ -47,7 +48,8 @@ def test_render_writes_every_file_with_private_modes(runner: CliRunner, tmp_path
     result = runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
     assert result.exit_code == 0, result.output
     names = {p.name for p in out.iterdir()}
-    assert names >= {"postgresql.conf", "pg_hba.conf", "pgbouncer.ini", "userlist.txt",
+    assert names >= {"postgresql.conf", "pg_hba.conf", "pgbouncer-1.ini", "pgbouncer-2.ini",
+                     "userlist.txt",
                      "init.sql", ".env", "secrets.json"}  # fmt: skip
     for name in ("userlist.txt", "init.sql", ".env", "secrets.json"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
@@ -59,7 +61,7 @@ def test_render_twice_is_byte_stable(runner: CliRunner, tmp_path: Path) -> None:
     first_run = runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
     assert first_run.exit_code == 0, first_run.output
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert {"pgbouncer.ini", "userlist.txt", ".env", "secrets.json"} <= set(first)
+    assert {"pgbouncer-1.ini", "userlist.txt", ".env", "secrets.json"} <= set(first)
     second_run = runner.invoke(main, ["render", "--stack", "dev", "--out", str(out)])
     assert second_run.exit_code == 0, second_run.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first

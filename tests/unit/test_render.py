@@ -17,7 +17,7 @@ from poolkit.render import (
     render_postgresql_conf,
 )
 from poolkit.sizing import plan
-from tests.unit.factories import secrets, stack
+from tests.unit.factories import first_ini, secrets, stack
 
 pytestmark = pytest.mark.unit
 
@@ -79,7 +79,7 @@ def test_pg_hba_for_local_target_allows_loopback_only() -> None:
 
 
 def test_pgbouncer_ini_transaction_mode_and_console_users() -> None:
-    ini = _setting_lines(_files()["pgbouncer.ini"], ";")
+    ini = _setting_lines(first_ini(_files()), ";")
     assert ini["pool_mode"] == "transaction"
     assert ini["auth_type"] == "scram-sha-256"
     assert ini["admin_users"] == "pgbouncer_admin" and ini["stats_users"] == "pgbouncer_stats"
@@ -208,7 +208,7 @@ def test_value_with_newline_cannot_enter_a_config_file() -> None:
 
 def test_client_tls_requires_tls_in_ini_and_urls() -> None:
     files = _files(apps=[APPS[0]], pgbouncer_tls=True)
-    ini = _setting_lines(files["pgbouncer.ini"], ";")
+    ini = _setting_lines(first_ini(files), ";")
     assert ini["client_tls_sslmode"] == "require"
     assert ini["client_tls_key_file"] == "/etc/pgbouncer/client-tls.key"
     env = parse_env(files[".env"])
@@ -220,7 +220,7 @@ def test_client_tls_requires_tls_in_ini_and_urls() -> None:
 
 
 def test_no_tls_settings_without_client_tls() -> None:
-    assert "client_tls" not in _files()["pgbouncer.ini"]
+    assert "client_tls" not in first_ini(_files())
 
 
 def test_generated_passwords_get_fewer_scram_iterations_than_chosen_ones(monkeypatch) -> None:

@@ -27,8 +27,9 @@ PROFILES = {
                       "work_mem": "11915kB", "wal_buffers": "7864kB", "min_wal_size": "1GB",
                       "max_wal_size": "4GB", "random_page_cost": "1.1",
                       "effective_io_concurrency": "200", "huge_pages": "off", "jit": "off"},
-         "pgbouncer": {"default_pool_size": "5", "reserve_pool_size": "2",
-                       "max_db_connections": "7", "max_client_conn": "300",
+         # 2 processes (2 CPUs): budget 7 // 2 = 3 each, pool round(3 * 5/7) = 2 + reserve 1.
+         "pgbouncer": {"default_pool_size": "2", "reserve_pool_size": "1",
+                       "max_db_connections": "3", "max_client_conn": "300",
                        "max_prepared_statements": "200"},
          "connection_limit": {"a": 1, "b": 1}},
     ),
@@ -45,8 +46,10 @@ PROFILES = {
                       "max_wal_size": "8GB", "effective_io_concurrency": "1000",
                       "max_worker_processes": "8", "max_parallel_workers_per_gather": "4",
                       "max_parallel_workers": "8", "max_parallel_maintenance_workers": "4"},
-         "pgbouncer": {"default_pool_size": "26", "reserve_pool_size": "7",
-                       "max_db_connections": "33", "max_client_conn": "2100"},
+         # 3 processes (8 CPUs): 33 // 3 = 11 each, pool round(11 * 26/33) = 9 + reserve 2;
+         # 2100 client slots over the 2 that serve while one restarts = 1050 each.
+         "pgbouncer": {"default_pool_size": "9", "reserve_pool_size": "2",
+                       "max_db_connections": "11", "max_client_conn": "1050"},
          "connection_limit": {"orders": 1, "edge": 1}},
     ),
     # 64 GiB, 16 CPUs, dw, hdd, PgBouncer 1.18. pool ceil(33*0.5)=17, reserve 5, servers 22,
@@ -91,8 +94,9 @@ PROFILES = {
                       "effective_cache_size": "6GB", "maintenance_work_mem": "512MB",
                       "work_mem": "11155kB", "wal_buffers": "16MB",
                       "max_parallel_workers_per_gather": "2", "max_worker_processes": "4"},
-         "pgbouncer": {"default_pool_size": "20", "reserve_pool_size": "0",
-                       "max_db_connections": "20"},
+         # 2 processes (4 CPUs): 20 // 2 = 10 each, all pool.
+         "pgbouncer": {"default_pool_size": "10", "reserve_pool_size": "0",
+                       "max_db_connections": "10"},
          "connection_limit": {}},
     ),
     # 512 MiB, 2 CPUs, oltp, PostgreSQL 15, 3 instances: pool ceil(5*1.5)=8, so each instance may
@@ -103,8 +107,9 @@ PROFILES = {
         {"postgres": {"max_connections": "25", "shared_buffers": "128MB",
                       "effective_cache_size": "384MB", "maintenance_work_mem": "32MB",
                       "work_mem": "5957kB", "min_wal_size": "2GB", "max_wal_size": "8GB"},
-         "pgbouncer": {"default_pool_size": "8", "reserve_pool_size": "2",
-                       "max_db_connections": "10", "max_client_conn": "300"},
+         # 2 processes (2 CPUs): 10 // 2 = 5 each, pool round(5 * 8/10) = 4 + reserve 1.
+         "pgbouncer": {"default_pool_size": "4", "reserve_pool_size": "1",
+                       "max_db_connections": "5", "max_client_conn": "300"},
          "connection_limit": {"api": 2}},
     ),
 }  # fmt: skip
@@ -218,7 +223,9 @@ def test_plan_bounds_hold_end_to_end(memory, cpus, workload, storage, instances)
     pool = result.pool
     assert pool.server_connections + 3 <= pool.max_connections
     assert pool.client_demand <= pool.max_client_conn
-    assert pool.pool_size * 1 + pool.reserve == int(result.pgbouncer_value("max_db_connections"))
+    per_process = int(result.pgbouncer_value("max_db_connections"))
+    assert per_process == pool.split.max_db_connections >= 1
+    assert pool.split.instances * per_process <= pool.pool_size + pool.reserve
     assert to_kb(result.postgres_value("work_mem")) >= 64
     assert to_kb(result.postgres_value("shared_buffers")) <= memory * 1024 // 4
 

@@ -108,10 +108,13 @@ def test_suggested_processes(cpus, version, budget, replicas, expected) -> None:
     assert suggested_processes(cpus, version, budget, replicas).processes == expected
 
 
-def test_default_is_one_process_and_names_the_suggestion() -> None:
+def test_default_is_the_suggestion_with_its_measurement() -> None:
     default = default_processes(8, (1, 24), 33, 1)
-    assert default.processes == 1
-    assert "could use processes: 3" in default.why
+    assert default.processes == suggested_processes(8, (1, 24), 33, 1).processes == 3
+    assert default.why.startswith("default: 8 CPUs") and "0.91x" in default.why
+    assert default_processes(2, (1, 24), 7, 1).processes == 2  # dev: 2 CPUs, budget 7
+    assert default_processes(2, (1, 18), 7, 1).processes == 1  # no peering before 1.19
+    assert default_processes(1, (1, 24), 7, 1).processes == 1
 
 
 # --- the plan ----------------------------------------------------------------------------------

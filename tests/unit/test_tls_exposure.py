@@ -15,7 +15,7 @@ from poolkit.local.files import ini_settings
 from poolkit.pulumi_certificates import GeneratedCaProvider, ServerCertificateProvider
 from poolkit.render import render_all
 from poolkit.sizing import plan
-from tests.unit.factories import secrets, stack
+from tests.unit.factories import first_ini, secrets, stack
 
 pytestmark = pytest.mark.unit
 
@@ -151,14 +151,14 @@ def test_a_given_certificate_without_ca_verifies_with_system_roots() -> None:
                    tls_certificate="-----BEGIN CERTIFICATE-----", tls_key="-----BEGIN KEY")
     env = parse_env(files[".env"])
     assert _query(env["POOLED_DATABASE_URL"])["sslrootcert"] == "system"
-    ini = ini_settings(files["pgbouncer.ini"])
+    ini = ini_settings(first_ini(files))
     assert ini["server_tls_sslmode"] == "require"
     assert "server_tls_ca_file" not in ini
 
 
 def test_server_tls_renders_postgres_ssl_hostssl_and_verify_full() -> None:
     files = _files(pgbouncer={"server_tls": True})
-    ini = ini_settings(files["pgbouncer.ini"])
+    ini = ini_settings(first_ini(files))
     assert ini["server_tls_sslmode"] == "verify-full"
     assert ini["server_tls_ca_file"] == "/etc/pgbouncer/tls-ca.crt"
     assert "client_tls_sslmode" not in ini
@@ -186,7 +186,7 @@ def test_published_postgres_is_tls_only_and_for_the_migrator_only() -> None:
 def test_no_tls_renders_nothing_of_it() -> None:
     files = _files()
     assert "ssl" not in files["postgresql.conf"]
-    assert "tls" not in files["pgbouncer.ini"]
+    assert "tls" not in first_ini(files)
     assert "hostssl" not in files["pg_hba.conf"]
     assert "sslmode" not in files[".env"]
 
@@ -194,8 +194,8 @@ def test_no_tls_renders_nothing_of_it() -> None:
 def test_local_layout_listens_on_the_publish_address_and_loopback(tmp_path) -> None:
     config = stack(pgbouncer={"publish_address": "127.0.0.2", "client_tls": True})
     layout = local_layout(config, tmp_path, "postgres")
-    ini = ini_settings(_files(layout=layout, pgbouncer={"publish_address": "127.0.0.2",
-                                                        "client_tls": True})["pgbouncer.ini"])
+    ini = ini_settings(first_ini(_files(layout=layout, pgbouncer={"publish_address": "127.0.0.2",
+                                                                  "client_tls": True})))
     assert ini["listen_addr"] == "127.0.0.1,127.0.0.2"
     assert layout.tls_ca_file == str(tmp_path.resolve() / "conf" / "tls-ca.crt")
 
