@@ -122,8 +122,8 @@ def test_pgbouncer_verifies_the_server_with_the_uploaded_ca(
     stack, sized = _model(config)
     bouncer = deployment.named("poolkit-pgbouncer-container")
     files = uploads(bouncer)
-    ini = files["/etc/pgbouncer/pgbouncer.ini"]["content"]
-    assert ini == render_pgbouncer_ini(stack, sized, docker_layout(stack))
+    ini = files["/etc/pgbouncer/pgbouncer-1.ini"]["content"]  # 2 processes from 2 CPUs
+    assert ini == render_pgbouncer_ini(stack, sized, docker_layout(stack), 1)
     for line in ("host=db.example.com port=5433", "server_tls_sslmode = verify-full",
                  "server_tls_ca_file = /etc/pgbouncer/server-ca.crt"):
         assert line in ini, bouncer.urn
