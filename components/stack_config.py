@@ -21,6 +21,7 @@ from components.certificates import GivenTls
 from poolkit import external, node_apps, tls
 from poolkit.config import (
     NAMESPACE,
+    PASSPHRASE_KEY,
     PASSWORD_ENV,
     S3_SECRET_KEY,
     TLS_SECRET_KEYS,
@@ -101,6 +102,14 @@ def load_stack(config: pulumi.Config) -> tuple[StackConfig, Plan]:
             )
     for warning in stack.warnings:
         pulumi.log.warn(warning)
+    if stack.backup.enabled and f"{NAMESPACE}:{PASSPHRASE_KEY}" not in raw:
+        pulumi.log.warn(
+            f"{NAMESPACE}:{PASSPHRASE_KEY} is not set: the generated repository passphrase lives "
+            "only in this stack's state, and after `pulumi destroy` the kept backup repository "
+            "cannot be read; set it once with `pulumi config set --secret "
+            f"{NAMESPACE}:{PASSPHRASE_KEY} \"$(openssl rand -base64 48)\"` (poolkit up "
+            "--target pulumi does this for you)"
+        )
     no_passwords = dataclasses.replace(stack.database, app_password=None, migrator_password=None,
                                        external_admin_password=None)
     # The PEMs stay in Pulumi's secrets; the model only keeps which of them were given.

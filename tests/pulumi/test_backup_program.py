@@ -64,3 +64,14 @@ def test_a_passphrase_in_the_stack_config_replaces_the_generated_one() -> None:
     assert "repo1-cipher-pass=kept-passphrase-0123\n" in files["/etc/poolkit/pgbackrest.conf"][
         "content"]
     assert is_secret(postgres.inputs["uploads"])
+
+
+def test_a_generated_passphrase_is_warned_about_and_a_given_one_is_not() -> None:
+    """Without the key, the passphrase lives only in the state that `pulumi destroy` wipes,
+    while the repository outlives it: `pulumi up` says so and names the fix."""
+    (warning,) = [w for w in deploy("prod", stack_file_config("prod")).warnings
+                  if "backup_passphrase is not set" in w]  # fmt: skip
+    assert "pulumi config set --secret poolkit:backup_passphrase" in warning
+    given = deploy("prod", {**stack_file_config("prod"), "poolkit:backup_passphrase": "kept-01234"},
+                   secret_keys=("poolkit:backup_passphrase",))  # fmt: skip
+    assert not [w for w in given.warnings if "backup_passphrase" in w]
