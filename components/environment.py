@@ -24,8 +24,8 @@ from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
 from poolkit.external import server_ca_pem
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout, network_layout
-from poolkit.pulumi_external import ExternalDatabase
-from poolkit.render import render_env, render_external_init_sql
+from poolkit.pulumi_external import ExternalDatabase, prepare_external
+from poolkit.render import render_env
 from poolkit.sizing import Plan
 
 APP_IMAGES = {
@@ -121,12 +121,8 @@ class Environment(pulumi.ComponentResource):
         self.postgres, self.external = None, None
         server_ca = server_ca_pem(stack)
         if stack.postgres.external:
-            if args.external_admin_password is None:
-                raise ValueError("an external Postgres needs external_admin_password")
-            self.external = ExternalDatabase(
-                f"{name}-external", stack.postgres.external, server_ca,
-                args.external_admin_password,
-                secrets.apply(lambda s: render_external_init_sql(stack, s)), opts=child)
+            self.external = prepare_external(f"{name}-external", stack, server_ca,
+                                             args.external_admin_password, secrets, child)
             ready: pulumi.Resource = self.external
         else:
             self.postgres = Postgres(f"{name}-postgres", PostgresArgs(

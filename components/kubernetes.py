@@ -32,8 +32,8 @@ from poolkit.manifests import (
     placeholder_material,
     placeholder_secrets,
 )
-from poolkit.pulumi_external import ExternalDatabase
-from poolkit.render import render_env, render_external_init_sql
+from poolkit.pulumi_external import ExternalDatabase, prepare_external
+from poolkit.render import render_env
 from poolkit.sizing import Plan
 
 RESOURCE_CLASSES: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
@@ -107,12 +107,8 @@ class KubernetesEnvironment(pulumi.ComponentResource):
             tls, self.tls_ca = self.certificates.material, self.certificates.ca_pem
         self.external = None
         if stack.postgres.external:
-            if args.external_admin_password is None:
-                raise ValueError("an external Postgres needs external_admin_password")
-            self.external = ExternalDatabase(
-                f"{name}-external", stack.postgres.external, server_ca,
-                args.external_admin_password,
-                secrets.apply(lambda s: render_external_init_sql(stack, s)), opts=child)
+            self.external = prepare_external(f"{name}-external", stack, server_ca,
+                                             args.external_admin_password, secrets, child)
         shape = objects(stack, plan, placeholder_secrets(stack, layout.superuser),
                         placeholder_material(stack, server_ca))  # fmt: skip
         real = pulumi.Output.secret(pulumi.Output.all(secrets, tls).apply(

@@ -20,7 +20,9 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
 from poolkit import external
-from poolkit.config import ExternalPostgres
+from poolkit.config import ExternalPostgres, StackConfig
+from poolkit.render import render_external_init_sql
+from poolkit.secrets import Secrets
 
 CONNECTION = ("host", "port", "sslmode", "admin_user", "ca_pem")
 
@@ -73,3 +75,17 @@ class ExternalDatabase(Resource, module="poolkit", name="ExternalDatabase"):
             "admin_password": pulumi.Output.secret(admin_password),
             "init_sql": pulumi.Output.secret(init_sql), "init_sql_sha256": None,
         }, opts)  # fmt: skip
+
+
+def prepare_external(
+    name: str, stack: StackConfig, ca_pem: str | None,
+    admin_password: pulumi.Input[str] | None, secrets: pulumi.Output[Secrets],
+    opts: pulumi.ResourceOptions,
+) -> ExternalDatabase:  # fmt: skip
+    """The stack's external Postgres prepared with its rendered ``external-init.sql``."""
+    server = stack.postgres.external
+    if server is None or admin_password is None:
+        raise ValueError("an external Postgres needs its section and external_admin_password")
+    return ExternalDatabase(name, server, ca_pem, admin_password,
+                            secrets.apply(lambda s: render_external_init_sql(stack, s)),
+                            opts=opts)  # fmt: skip
