@@ -56,7 +56,11 @@ def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None
         "postgres": postgres.container_name if postgres else None,
         "pgbouncer": environment.pgbouncer.container_name,
         "apps": {app.app_name: app.container_names for app in environment.apps},
+        "exporters": ({n: c.name for n, c in environment.exporters.containers.items()}
+                      if environment.exporters else {}),
     })  # fmt: skip
+    pulumi.export(Outputs.EXPORTER_PORTS,
+                  environment.exporters.ports if environment.exporters else {})
     pulumi.export(Outputs.NETWORK, environment.network.name)
     pulumi.export(Outputs.TLS_CA, environment.tls_ca)
     pulumi.export(Outputs.TLS_CA_FILE,

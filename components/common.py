@@ -50,7 +50,8 @@ class ServerArgs:
     """Certificate, key and CA (``components.certificates``) when the stack uses TLS."""
 
 FILE_OWNER = "999"
-"""uid/gid of the ``postgres`` user in the postgres and pgbouncer images (see their Dockerfiles).
+"""uid/gid of the ``postgres`` user in the postgres and pgbouncer images and of ``exporter`` in
+the exporters image (see their Dockerfiles).
 Numeric on purpose: pulumi-docker resolves owner/group *names* on the machine running Pulumi,
 not in the image."""
 
@@ -95,6 +96,8 @@ buffer, so the next start needs no crash recovery. 120 s covers writing a large
 shared_buffers at a slow disk's pace; it ends as soon as the server has stopped."""
 APP_LIFECYCLE = Lifecycle("SIGTERM", 10)
 """The sample apps finish the request in hand and exit on SIGTERM (apps/http_adapter.py)."""
+EXPORTER_LIFECYCLE = Lifecycle("SIGTERM", 5)
+"""The exporters hold nothing: they exit on SIGTERM at once."""
 STOP_MARGIN_S = 5
 """Seconds on top of a server's own bound, for its exit after the last client went."""
 

@@ -14,7 +14,14 @@ import pulumi_random as random
 
 from poolkit import scram
 from poolkit.config import StackConfig
-from poolkit.secrets import ADMIN_USER, STATS_USER, Credential, Secrets, iterations_for
+from poolkit.secrets import (
+    ADMIN_USER,
+    MONITOR_USER,
+    STATS_USER,
+    Credential,
+    Secrets,
+    iterations_for,
+)
 
 PASSWORD_LENGTH = 32
 """Generated passwords: 32 letters and digits (about 190 bits), nothing to escape in a URL."""
@@ -28,6 +35,7 @@ def stack_credentials(
 ) -> pulumi.Output[Secrets]:  # fmt: skip
     """Credentials of every role; ``app_password``/``migrator_password`` None: generated.
 
+    With ``poolkit:monitoring.exporters``: ``poolkit_monitor``, postgres_exporter's role.
     With ``poolkit:backup``: the repository's cipher passphrase (``backup_passphrase``, from the
     stack's config, else generated once and kept in state; only ever uploaded) and, for an S3
     repository, its secret key.
@@ -41,6 +49,8 @@ def stack_credentials(
         "pgbouncer_admin": ADMIN_USER,
         "pgbouncer_stats": STATS_USER,
     }
+    if stack.monitoring.exporters:  # postgres_exporter's login (pg_monitor)
+        users["monitor"] = MONITOR_USER
     given = {"app": app_password, "migrator": migrator_password}
     parts: dict[str, pulumi.Output[list[str]]] = {}
     for role in users:

@@ -17,6 +17,7 @@ from components.common import (
     label_args,
 )
 from components.credentials import stack_credentials
+from components.exporters import Exporters, ExportersArgs
 from components.pgbouncer import PgBouncer, PgBouncerArgs
 from components.postgres import Postgres, PostgresArgs
 from poolkit import node_apps
@@ -76,6 +77,8 @@ class Environment(pulumi.ComponentResource):
     """None for an external Postgres."""
     external: ExternalDatabase | None
     pgbouncer: PgBouncer
+    exporters: Exporters | None
+    """With ``poolkit:monitoring.exporters``: the exporter containers."""
     apps: list[ServerlessApp]
     env_file: pulumi.Output[str]
     network_env_file: pulumi.Output[str]
@@ -130,10 +133,27 @@ class Environment(pulumi.ComponentResource):
                 base_image=args.base_image, tls=tls,
             ), opts=child)  # fmt: skip
             ready = self.postgres.container
+        sockets = None
+        if stack.monitoring.exporters:
+            # PgBouncer's socket dirs, shared with the pgbouncer_exporters (one per process).
+            sockets = docker.Volume(
+                f"{name}-pgbouncer-sockets",
+                name=docker_name(stack.stack, "pgbouncer-sockets"),
+                labels=label_args(docker.VolumeLabelArgs, stack.stack, "pgbouncer-sockets"),
+                opts=child,
+            )  # fmt: skip
         self.pgbouncer = PgBouncer(f"{name}-pgbouncer", PgBouncerArgs(
             stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
             depends_on=[ready], base_image=args.base_image, tls=tls, server_ca=server_ca,
+            socket_volume=sockets.name if sockets else None,
         ), opts=child)  # fmt: skip
+        self.exporters = None
+        if sockets is not None:
+            self.exporters = Exporters(f"{name}-exporters", ExportersArgs(
+                stack=stack, plan=plan, layout=layout, secrets=secrets, network=self.network.name,
+                base_image=args.base_image, socket_volume=sockets.name,
+                server_ca=server_ca, depends_on=[ready, self.pgbouncer.container],
+            ), opts=child)  # fmt: skip
 
         images = {}
         for runtime in sorted({app.runtime for app in plan.apps}):

@@ -46,6 +46,9 @@ class PgBouncerArgs(ServerArgs):
     """PEM of an external Postgres's CA (``postgres.external.ca_file``): server_tls_ca_file."""
     wait_timeout: int = 60
     """Seconds ``pulumi up`` waits for the first healthy check."""
+    socket_volume: pulumi.Input[str] | None = None
+    """A volume for the processes' Unix socket dirs (``layout.pgbouncer_socket_dir``), shared
+    with the pgbouncer_exporter containers; None keeps them inside the container."""
 
 
 class PgBouncer(pulumi.ComponentResource):
@@ -98,6 +101,9 @@ class PgBouncer(pulumi.ComponentResource):
             uploads=uploads,
             networks_advanced=stack_networks(stack, args.network, [NETWORK_ALIAS]),
             ports=[port],
+            volumes=[docker.ContainerVolumeArgs(
+                volume_name=args.socket_volume, container_path=layout.pgbouncer_socket_dir,
+            )] if args.socket_volume is not None else [],
             # As the stats user on the console: a role PgBouncer knows, so each check is one
             # "login attempt" line in its log, not a "no such user" warning every 2 s.
             healthcheck=healthcheck(["pg_isready", "-h", "127.0.0.1", "-p",

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from poolkit.split import PEERING_SINCE
+from poolkit.split import MAX_DEFAULT_PROCESSES, PEERING_SINCE
 from poolkit.units import GIB, MIB, parse_size
 
 NAMESPACE = "poolkit"
@@ -178,11 +178,12 @@ class PgBouncerSpec:
 @dataclass(frozen=True)
 class MonitoringSpec:
     exporters: bool = False
-    """Run pgbouncer_exporter and postgres_exporter with the stack (local target)."""
+    """Run pgbouncer_exporter and postgres_exporter with the stack (local and Docker targets)."""
     pgbouncer_exporter_port: int = 9127
-    """Port of pgbouncer_exporter's /metrics (127.0.0.1 on the local target)."""
+    """Port of pgbouncer_exporter's /metrics on 127.0.0.1; with N PgBouncer processes, one
+    exporter per process on this port and the N - 1 above it."""
     postgres_exporter_port: int = 9187
-    """Port of postgres_exporter's /metrics (127.0.0.1 on the local target)."""
+    """Port of postgres_exporter's /metrics on 127.0.0.1."""
 
 
 @dataclass(frozen=True)
@@ -805,13 +806,23 @@ def _cross_checks(stack: StackConfig, problems: list[Problem]) -> None:
                                 "give PgBouncer its own port, e.g. 6432"))  # fmt: skip
     taken[bouncer.port] = f"{ns}:pgbouncer.port"
     if stack.monitoring.exporters:
-        for key in ("pgbouncer_exporter_port", "postgres_exporter_port"):
-            port = getattr(stack.monitoring, key)
-            if port in taken:
-                problems.append(Problem(f"{ns}:monitoring.{key}", port,
-                                        f"clashes with {taken[port]}",
-                                        "give each exporter its own port"))  # fmt: skip
-            taken[port] = f"{ns}:monitoring.{key}"
+        # One pgbouncer_exporter per PgBouncer process: base, base + 1, ... (metrics.py); a
+        # derived process count (sizing) is not known here, so its largest is kept free.
+        processes = stack.pgbouncer.processes or MAX_DEFAULT_PROCESSES
+        for key, count in (("pgbouncer_exporter_port", processes), ("postgres_exporter_port", 1)):
+            base = getattr(stack.monitoring, key)
+            for port in range(base, base + count):
+                clash = taken.get(port) if port <= 65535 else "the end of the port range"
+                if clash:
+                    needs = f"needs port {port}, which {clash} uses" if count > 1 else (
+                        f"clashes with {clash}")  # fmt: skip
+                    problems.append(Problem(f"{ns}:monitoring.{key}", base, needs,
+                                            "give each exporter its own port (pgbouncer_exporter: "
+                                            "one per PgBouncer process, "
+                                            f"{MAX_DEFAULT_PROCESSES} kept free unless "
+                                            "pgbouncer.processes is set)"))  # fmt: skip
+                    break
+                taken[port] = f"{ns}:monitoring.{key}"
     for index, app in enumerate(stack.apps):
         path = f"{ns}:apps[{index}]"
         if app.name in seen_names:

@@ -245,12 +245,6 @@ def _image_problems(stack: StackConfig) -> list[Problem]:
             "Debian trixie)",
             f'use "{DOCKER_PGBOUNCER_SERIES}", or leave the key out',
         ))  # fmt: skip
-    if stack.monitoring.exporters:
-        problems.append(Problem(
-            f"{NAMESPACE}:monitoring.exporters", True,
-            "is not run by the Docker target yet (the local target runs the exporters)",
-            "set it to false for this stack; `poolkit render` still writes prometheus-rules.yml",
-        ))  # fmt: skip
     return problems
 
 
@@ -286,6 +280,13 @@ def kubernetes_problems(stack: StackConfig) -> list[Problem]:
             f"{service} (reached from outside the cluster)",
             "list the DNS name of the Service's address (the load balancer's or a node's), "
             "e.g. [db.example.com]: the certificate must carry it for verify-full",
+        ))  # fmt: skip
+    if stack.monitoring.exporters:
+        problems.append(Problem(
+            f"{ns}:monitoring.exporters", True,
+            "is not run by the Kubernetes target yet (the local and Docker targets run the "
+            "exporters)",
+            "set it to false for this stack; `poolkit render` still writes prometheus-rules.yml",
         ))  # fmt: skip
     return problems
 

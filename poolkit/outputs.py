@@ -35,7 +35,10 @@ class Outputs:
     PLAN = "plan"
     """The sizing plan, as ``poolkit plan --json`` prints it."""
     CONTAINERS = "containers"
-    """Container names: postgres, pgbouncer, and app name -> replica names."""
+    """Container names: postgres, pgbouncer, app name -> replica names, and exporter name ->
+    container (``exporters``, empty without ``poolkit:monitoring.exporters``)."""
+    EXPORTER_PORTS = "exporter_ports"
+    """Exporter name -> its /metrics port on 127.0.0.1 (empty without exporters)."""
     NETWORK = "network"
     """Name of the stack's private Docker network (in-network smoke checks join it)."""
     TLS_CA = "tls_ca"

@@ -263,8 +263,10 @@ def render_init_sql(stack: StackConfig, secrets: Secrets) -> str:
 
 
 def render_external_init_sql(stack: StackConfig, secrets: Secrets) -> str:
-    """The same roles, database and grants on an external Postgres, run as its admin role."""
-    return _render("external-init.sql.j2", stack=stack, secrets=secrets,
+    """The same roles, database and grants on an external Postgres, run as its admin role;
+    with ``poolkit:monitoring.exporters`` also ``poolkit_monitor`` (pg_monitor)."""
+    monitor = secrets.monitor if stack.monitoring.exporters else None
+    return _render("external-init.sql.j2", stack=stack, secrets=secrets, monitor=monitor,
                    external=stack.postgres.external)  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poolkit import console, external, node_apps
+from poolkit import console, external, metrics, node_apps
 from poolkit import secrets as stack_secrets
 from poolkit.config import NAMESPACE, ConfigError, Problem, StackConfig
 from poolkit.envfile import write_private
@@ -124,8 +124,8 @@ class Runner:
         running_apps = {n: p for n in self.paths.supervised() if n.startswith("app-")
                         and (p := self.paths.supervisor(n, notes))}  # fmt: skip
         read_pid(self.paths.run / "pgbouncer.pid", "pgbouncer", notes if not bouncer else None)
-        running_exporters = {n: p for n in exporters.NAMES
-                             if (p := self.paths.supervisor(n, notes))}  # fmt: skip
+        running_exporters = {n: p for n in self.paths.supervised() if metrics.is_exporter(n)
+                             and (p := self.paths.supervisor(n, notes))}  # fmt: skip
         return Running(postgres, bouncer, running_apps, notes, running_exporters)
 
     # -- up --
@@ -176,7 +176,8 @@ class Runner:
         now = self.running()
         for note in now.notes:
             progress.note(note)
-        self._check_ports(stack, replicas, now, old)
+        exporter_ports = exporters.ports(stack, the_plan)
+        self._check_ports(stack, replicas, now, old, exporter_ports)
         exporters.check_installed(stack)
 
         result = UpResult(stack=stack, plan=the_plan, tools=tools, user=user.name,
@@ -190,7 +191,7 @@ class Runner:
             changed = files.write_conf(paths.conf, rendered, user)
             rotated = stack.uses_tls and files.ensure_tls(paths.conf, user, stack)
             recorded = self._state(stack, tools, user, replicas, project_root, old,
-                                   pgbouncer_peers(the_plan, layout))
+                                   pgbouncer_peers(the_plan, layout), exporter_ports)
             paths.save_state(recorded)
             if stack.postgres.external:
                 assert admin_password is not None
@@ -213,7 +214,8 @@ class Runner:
                 self._reload_certificates(host, bouncer, stack, credentials, journal)
             old_apps = old.app_records() if old else {}
             apps.converge(host, project_root, replicas, now.apps, old_apps, changed, journal)
-            exporters.converge(host, stack, credentials, now.exporters, journal)
+            exporters.converge(host, stack, the_plan, layout, credentials, now.exporters,
+                               journal)  # fmt: skip
         except BaseException:
             journal.rollback()
             raise
@@ -289,8 +291,9 @@ class Runner:
 
     @staticmethod
     def _check_ports(
-        stack: StackConfig, replicas: list[Replica], now: Running, old: StackState | None
-    ) -> None:
+        stack: StackConfig, replicas: list[Replica], now: Running, old: StackState | None,
+        exporter_ports: dict[str, int],
+    ) -> None:  # fmt: skip
         """Every port a process of ours will newly bind must be free, checked up front."""
         old_apps = old.app_records() if old else {}
         wanted = []
@@ -305,7 +308,7 @@ class Runner:
                 and old_apps.get(replica.key, {}).get("port") == replica.port
             ):
                 wanted.append((replica.port, f"app {replica.app} (replica {replica.index})"))
-        for name, port in exporters.ports(stack).items():
+        for name, port in exporter_ports.items():
             if not (name in now.exporters and old and old.exporter_ports.get(name) == port):
                 wanted.append((port, f"poolkit:monitoring ({name})"))
         busy = [f"{port} ({what})" for port, what in wanted if port_in_use(port)]
@@ -324,6 +327,7 @@ class Runner:
         project_root: Path,
         old: StackState | None,
         peers_of: tuple[Peer, ...],
+        exporter_ports: dict[str, int],
     ) -> StackState:
         return StackState(
             stack=stack.stack, user=user.name, pgbin=str(tools.pgbin), pg_major=tools.pg_major,
@@ -334,7 +338,7 @@ class Runner:
             env_files=old.env_files if old else [],
             pgbouncer_peers=[dataclasses.asdict(peer) for peer in peers_of],
             external_applied=bool(old and old.external_applied),
-            exporter_ports=exporters.ports(stack),
+            exporter_ports=exporter_ports,
         )  # fmt: skip
 
     # -- rolling restart --

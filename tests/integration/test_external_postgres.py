@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from poolkit.local import detect_tools, service_user
 from poolkit.local.machine import own
 from tests.conftest import free_ports, make_base_dir, run_cli
+from tests.integration.series import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -89,8 +90,11 @@ class External:
         external = {"host": "localhost", "port": self.port, "sslmode": "verify-full",
                     "ca_file": str(self.ca), "admin_user": ADMIN}  # fmt: skip
         external.update(overrides.pop("external", {}))  # type: ignore[arg-type]
-        config = {"poolkit:postgres": {"cpus": 2, "external": external},
-                  "poolkit:pgbouncer": {"port": pgbouncer_port, **overrides}}  # fmt: skip
+        monitoring = overrides.pop("monitoring", None)
+        config: dict[str, object] = {"poolkit:postgres": {"cpus": 2, "external": external},
+                                     "poolkit:pgbouncer": {"port": pgbouncer_port, **overrides}}
+        if monitoring:
+            config["poolkit:monitoring"] = monitoring
         path = self.base / f"Pulumi.{name}.yaml"
         path.write_text(yaml.safe_dump({"config": config}, sort_keys=False))
         return path
@@ -174,7 +178,13 @@ def _down(state: Path) -> None:
 def test_kit_fronts_the_external_server_and_smoke_passes_with_verify_full(
     external: External,
 ) -> None:
-    done, state, env_file = _up(external, "byo")
+    """With the exporters on: ``poolkit_monitor`` is made by the admin role (pg_monitor, no
+    superuser), and postgres_exporter reads the server over verify-full TLS."""
+    taken: set[int] = set()  # 8: validation keeps a derived process count's range free
+    exporter_ports = {"pgbouncer_exporter_port": free_ports(8, taken),
+                      "postgres_exporter_port": free_ports(1, taken)}  # fmt: skip
+    done, state, env_file = _up(external, "byo",
+                                monitoring={"exporters": True, **exporter_ports})
     try:
         assert done.returncode == 0, done.stdout + done.stderr
         assert not (state / "data").exists(), "no Postgres cluster is made for an external one"
@@ -199,6 +209,16 @@ def test_kit_fronts_the_external_server_and_smoke_passes_with_verify_full(
                 ssl = admin.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = %s", pid).fetchone()
         assert ssl == (True,)
         assert roles == {"app": False, "migrator": False}
+        with external.admin_connection() as admin:
+            monitor = admin.execute(
+                "SELECT rolsuper, rolcanlogin, rolconnlimit, pg_has_role(oid, 'pg_monitor', "
+                "'MEMBER') FROM pg_roles WHERE rolname = 'poolkit_monitor'").fetchone()
+        assert monitor == (False, True, 3, True)
+        postgres = scrape(f"http://127.0.0.1:{exporter_ports['postgres_exporter_port']}/metrics")
+        bouncer = scrape(f"http://127.0.0.1:{exporter_ports['pgbouncer_exporter_port']}/metrics")
+        assert postgres[("pg_up", ())] == 1.0 and bouncer[("pgbouncer_up", ())] == 1.0
+        limit = [v for (name, _), v in postgres.items() if name == "pg_settings_max_connections"]
+        assert limit == [MAX_CONNECTIONS]
     finally:
         _down(state)
 

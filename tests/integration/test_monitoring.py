@@ -60,7 +60,8 @@ def promtool() -> str:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
     taken: set[int] = set()
-    bouncer_port, postgres_port = free_ports(1, taken), free_ports(1, taken)
+    # 8 ports: validation keeps a derived process count's largest exporter range free.
+    bouncer_port, postgres_port = free_ports(8, taken), free_ports(1, taken)
     started = start_local_stack(
         "poolkit-monitoring-", "monitoring", with_apps=False,
         pgbouncer={"default_pool_size": POOL, "reserve_pool_size": 0,

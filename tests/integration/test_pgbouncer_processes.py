@@ -4,7 +4,8 @@ roll.
 Each stack runs N peered PgBouncer processes (so_reuseport) in front of one real Postgres. The
 checks: a burst of 1,000+ short-lived clients stays within the plan's server budget with no
 error; a cancel request delivered to the *other* process cancels the query; a rolling restart
-under load loses no client.
+under load loses no client; each process has its own pgbouncer_exporter (through its socket
+dir), and the shipped alert rules, which sum them by database, fire on the saturated pool.
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from poolkit import console
+from poolkit import console, metrics
 from poolkit.local import detect_tools
+from poolkit.local.exporters import KIT_BIN
 from poolkit.split import PEERING_SINCE
 from tests.backends import peak_backends
-from tests.conftest import LocalStack, start_local_stack, stop_local_stack
+from tests.conftest import LocalStack, free_ports, start_local_stack, stop_local_stack
+from tests.integration.series import REPLAY_INTERVAL_S, Expect, Recorder, Target, promtool_test
 
 pytestmark = pytest.mark.integration
 
 BURST_CLIENTS = 1000
 CLIENT_THREADS = 100
+SATURATE_S = 20.0
+SCRAPE_EVERY_S = 0.5
+APP = {"database": "app"}
 
 
 def _peering_pgbouncer() -> str | None:
@@ -52,6 +58,8 @@ def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     started = start_local_stack(
         f"poolkit-p{processes}-", f"procs{processes}", with_apps=False,
         pgbouncer={"processes": processes, "default_pool_size": 6, "reserve_pool_size": 2},
+        monitoring={"exporters": True, "pgbouncer_exporter_port": free_ports(processes),
+                    "postgres_exporter_port": free_ports(1)},
     )  # fmt: skip
     try:
         yield started
@@ -237,3 +245,70 @@ class _LongestGap:
         time.sleep(0.3)  # a few queries on the new processes
         self._stop.set()
         self._thread.join(5)
+
+
+def _exporter_targets(stack: LocalStack) -> list[Target]:
+    ports = stack.state()["exporter_ports"]
+    return [Target(metrics.POSTGRES_JOB if name == metrics.POSTGRES_EXPORTER
+                   else metrics.PGBOUNCER_JOB, f"http://127.0.0.1:{port}/metrics")
+            for name, port in sorted(ports.items())]  # fmt: skip
+
+
+def test_each_process_has_its_own_exporter_and_the_rules_sum_them(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """Clients on persistent connections, each running 1 s queries without pause, six times
+    the servers: every process's servers are all busy. Each exporter shows its process's share
+    (max_db_connections of one process), the shares add up to what the rules' threshold says,
+    and promtool fires the saturation alert on the recording (one alert for the database)."""
+    processes = _processes(stack)
+    ports = stack.state()["exporter_ports"]
+    base = min(ports[f"pgbouncer-exporter-{n}"] for n in range(1, processes + 1))
+    assert ports == {**{f"pgbouncer-exporter-{n}": base + n - 1
+                        for n in range(1, processes + 1)},
+                     "postgres-exporter": ports["postgres-exporter"]}  # fmt: skip
+    env = stack.env()
+    per_process = int(env["PGBOUNCER_SERVER_BUDGET"]) // processes
+    budget = per_process * processes
+    rules = stack.state_dir / "conf" / metrics.RULES_FILE
+    assert f") >= {budget}\n" in rules.read_text()
+    stop, errors = threading.Event(), Counter[str]()
+
+    def busy() -> None:
+        try:
+            with psycopg.connect(env["POOLED_DATABASE_URL"], autocommit=True,
+                                 **_pooled_kwargs(stack)) as conn:  # type: ignore[arg-type]
+                while not stop.is_set():  # each query its own transaction: servers rotate
+                    conn.execute("SELECT pg_sleep(1)")
+        except Exception as error:  # counted, asserted below
+            errors[f"{type(error).__name__}: {str(error)[:60]}"] += 1
+
+    # 6 clients per server: the kernel's spread leaves no process below its share, and each
+    # waits long enough (~5 s) for the reserve (reserve_pool_timeout 3 s), never 15 s.
+    threads = [threading.Thread(target=busy, daemon=True) for _ in range(6 * budget)]
+    targets = _exporter_targets(stack)
+    with Recorder(targets, SCRAPE_EVERY_S) as recorder:
+        for thread in threads:
+            thread.start()
+        time.sleep(SATURATE_S)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    recording = recorder.recording
+    assert not recording.errors and not errors, (recording.errors, errors)
+    name = "pgbouncer_pools_server_active_connections"
+    peaks = {t.instance: max(sum(recording.values_at(i, name, instance=t.instance, **APP))
+                             for i in range(len(recording.scrapes)))
+             for t in targets if t.job == metrics.PGBOUNCER_JOB}  # fmt: skip
+    print(f"{processes} processes: peak servers active per exporter {peaks} "
+          f"(max_db_connections {per_process} each, rules threshold {budget})")
+    assert list(peaks.values()) == [float(per_process)] * processes, peaks
+    saturated = [i for i in range(len(recording.scrapes))
+                 if sum(recording.values_at(i, name, **APP)) >= budget]  # fmt: skip
+    first, last = saturated[0], saturated[-1]
+    assert last - first >= 21, f"saturated for only {last - first + 1} scrapes"
+    done = promtool_test(rules, recording, [
+        Expect(last * REPLAY_INTERVAL_S, "PgBouncerServerPoolSaturated", (APP,)),
+        Expect(last * REPLAY_INTERVAL_S, "PgBouncerExporterDown"),
+    ], tmp_path, promtool=str(KIT_BIN / "promtool"))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
