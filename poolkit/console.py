@@ -67,6 +67,23 @@ def command(url: str, statement: str) -> None:
         conn.execute(statement)
 
 
+def session(url: str) -> psycopg.Connection[Any]:
+    """An open console connection (autocommit), for commands that must share one session."""
+    return _connect(url)
+
+
+def kill_clients(conn: psycopg.Connection[Any], user: str) -> int:
+    """``KILL_CLIENT`` every client logged in as ``user`` (admin console, PgBouncer 1.21+)."""
+    cursor = conn.execute("SHOW CLIENTS")
+    names = [column.name for column in cursor.description or ()]
+    killed = 0
+    for row in (dict(zip(names, r, strict=True)) for r in cursor.fetchall()):
+        if row["user"] == user:
+            conn.execute(f"KILL_CLIENT {int(row['id'])}")
+            killed += 1
+    return killed
+
+
 def reload(url: str) -> None:
     """Re-read pgbouncer.ini and userlist.txt; clients stay connected."""
     command(url, "RELOAD")

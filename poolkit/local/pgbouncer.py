@@ -10,6 +10,9 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from poolkit import console
 from poolkit import secrets as stack_secrets
@@ -215,12 +218,17 @@ class PgBouncer:
             os.kill(bouncer, signal.SIGHUP)
 
     def rolling_restart(self, version: tuple[int, int], port: int,
-                        drain_timeout: float = DRAIN_TIMEOUT_S) -> list[str]:
+                        drain_timeout: float = DRAIN_TIMEOUT_S,
+                        admin: stack_secrets.Credential | None = None) -> list[str]:  # fmt: skip
         """Restart the processes one at a time; the others keep serving the shared port.
 
         Each process is asked to shut down gracefully (it stops accepting; the kernel sends new
         connections to its peers; its clients finish and leave), its supervisor starts it again
-        on the current file, and the next one waits until it accepts on its socket.
+        on the current file, and the next one waits until it accepts on its socket. With
+        ``admin``, the console logins of the stats user (the process's pgbouncer_exporter,
+        ``status --watch``) are closed right after the signal: they never leave by themselves
+        and would hold the shutdown for the whole ``drain_timeout``; they reconnect to the new
+        process.
         """
         done = []
         for peer in self.peers:
@@ -231,7 +239,12 @@ class PgBouncer:
                                  "`poolkit up` again to start it")  # fmt: skip
             graceful = signal.SIGTERM if version >= GRACEFUL_SINCE else signal.SIGINT
             started = time.monotonic()
-            os.kill(old, graceful)
+            with self._console(admin if graceful == signal.SIGTERM else None, peer,
+                               port) as session:  # fmt: skip
+                os.kill(old, graceful)
+                if session is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        console.kill_clients(session, stack_secrets.STATS_USER)
             if not wait_for(lambda: not pid_alive(old, "pgbouncer"), drain_timeout,  # noqa: B023
                             lambda: True):  # fmt: skip
                 with contextlib.suppress(ProcessLookupError):
@@ -247,6 +260,24 @@ class PgBouncer:
             done.append(f"restarted PgBouncer process {peer.peer_id} in "
                         f"{time.monotonic() - started:.1f} s")
         return done
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _console(admin: stack_secrets.Credential | None, peer: Peer,
+                 port: int) -> Iterator[psycopg.Connection[Any] | None]:  # fmt: skip
+        """An admin session on ``peer`` through its own socket (opened before it stops
+        accepting), or None without ``admin`` or when it cannot be had."""
+        if admin is None:
+            yield None
+            return
+        url = postgres_url(admin.user, admin.password, peer.socket_dir, port, "pgbouncer")
+        try:
+            conn = console.session(url)
+        except psycopg.Error:
+            yield None
+            return
+        with conn:
+            yield conn
 
     def converge(
         self,
@@ -332,7 +363,8 @@ class PgBouncer:
         if RESTART_KEYS & set(keys):
             with progress.step(f"restarting {len(present)} PgBouncer processes one at a time "
                                f"({', '.join(keys)} need a restart)"):  # fmt: skip
-                rolled = self.rolling_restart(stack.pgbouncer.version_tuple, port)
+                rolled = self.rolling_restart(stack.pgbouncer.version_tuple, port,
+                                              admin=credentials.pgbouncer_admin)
             journal.actions.append("; ".join(rolled))
             return
         what = ", ".join(keys) or "userlist.txt"

@@ -355,7 +355,10 @@ class Runner:
             host = Host(self.paths, Path(state.pgbin), service_user())
             bouncer = PgBouncer(host, state.pgbouncer, recorded)
             major, minor = state.pgbouncer_version.split(".")[:2]
-            done = bouncer.rolling_restart((int(major), int(minor)), state.pgbouncer_port)
+            credentials = stack_secrets.load(self.paths.secrets)
+            done = bouncer.rolling_restart(
+                (int(major), int(minor)), state.pgbouncer_port,
+                admin=credentials.pgbouncer_admin if credentials else None)  # fmt: skip
         if len(recorded) == 1:
             done.append("one process only: new connections were refused while it restarted "
                         "(poolkit:pgbouncer.processes 2+ keeps the port served)")  # fmt: skip
