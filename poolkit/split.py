@@ -65,12 +65,12 @@ def default_processes(
 ) -> ProcessCount:
     """The count used when the stack sets none: the suggestion, measured in BENCHMARKS.md.
 
-    On 2 CPUs, persistent ``pgbench -S`` through 1, 2 and 3 processes ran at 0.75x, 0.91x and
-    0.82x of direct: one process is the ceiling, and more processes than cores compete.
+    On 2 CPUs, persistent ``pgbench -S`` through 1, 2 and 3 processes ran at 0.79x, 0.85x and
+    0.73x of direct: one process is the ceiling, and more processes than cores compete.
     """
     suggestion = suggested_processes(cpus, pgbouncer_version, budget, replicas)
     return ProcessCount(suggestion.processes, f"default: {suggestion.why}; measured on 2 CPUs "
-                        "(BENCHMARKS.md): 1, 2 and 3 processes gave 0.75x, 0.91x and 0.82x of "
+                        "(BENCHMARKS.md): 1, 2 and 3 processes gave 0.79x, 0.85x and 0.73x of "
                         "direct on persistent pgbench -S")  # fmt: skip
 
 

@@ -99,7 +99,7 @@ class Bench:
         inis = []
         for index in range(processes):
             ini = folder / f"{index}.ini"
-            self.scratch.write(ini, kit_ini(self.stack, self.plan, folder, port, index,
+            self.scratch.write(ini, kit_ini(self.stack, processes, folder, port, index,
                                             self.superuser, reuseport=processes > 1))  # fmt: skip
             self.scratch.own_tree(folder)
             inis.append(ini)

@@ -32,7 +32,7 @@ from poolkit.envfile import write_private
 from poolkit.launch import launch
 from poolkit.layouts import local_layout
 from poolkit.render import render_pgbouncer_ini, render_template, render_userlist
-from poolkit.sizing import Plan
+from poolkit.sizing import plan
 
 
 @dataclass
@@ -129,9 +129,15 @@ def naive_ini(folder: Path, port: int, stack: StackConfig, user: str) -> str:
     )  # fmt: skip
 
 
-def kit_ini(stack: StackConfig, the_plan: Plan, folder: Path, port: int, index: int,
+def kit_ini(stack: StackConfig, processes: int, folder: Path, port: int, index: int,
             superuser: str, reuseport: bool) -> str:
-    """The kit's own pgbouncer.ini (core renderer), relocated to ``folder`` and ``port``."""
+    """The kit's own pgbouncer.ini (core renderer) for one of ``processes`` processes, relocated
+    to ``folder`` and ``port``: each process gets its share of the budget, as the kit splits it;
+    the experiment shares the port itself (``reuseport``), without peering (no cancels here)."""
+    split = plan(dataclasses.replace(
+        stack, pgbouncer=dataclasses.replace(stack.pgbouncer, processes=processes)))
+    one_file = dataclasses.replace(split, pool=dataclasses.replace(
+        split.pool, split=dataclasses.replace(split.pool.split, processes=1)))
     run = folder / f"run{index}"
     run.mkdir(mode=0o700, exist_ok=True)
     layout = dataclasses.replace(
@@ -140,7 +146,7 @@ def kit_ini(stack: StackConfig, the_plan: Plan, folder: Path, port: int, index: 
         pgbouncer_socket_dir=str(run), pgbouncer_pidfile=str(run / "pgbouncer.pid"),
         pgbouncer_logfile=str(folder / f"{index}.log"),
     )  # fmt: skip
-    text = render_pgbouncer_ini(stack, the_plan, layout)
+    text = render_pgbouncer_ini(stack, one_file, layout)
     if reuseport:
         text += render_template("bench/so-reuseport.ini.j2")
     return text

@@ -111,7 +111,7 @@ def test_suggested_processes(cpus, version, budget, replicas, expected) -> None:
 def test_default_is_the_suggestion_with_its_measurement() -> None:
     default = default_processes(8, (1, 24), 33, 1)
     assert default.processes == suggested_processes(8, (1, 24), 33, 1).processes == 3
-    assert default.why.startswith("default: 8 CPUs") and "0.91x" in default.why
+    assert default.why.startswith("default: 8 CPUs") and "0.85x" in default.why
     assert default_processes(2, (1, 24), 7, 1).processes == 2  # dev: 2 CPUs, budget 7
     assert default_processes(2, (1, 18), 7, 1).processes == 1  # no peering before 1.19
     assert default_processes(1, (1, 24), 7, 1).processes == 1
