@@ -9,8 +9,9 @@ of ``total_xact_count`` between two reads. Ctrl-C ends it cleanly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from poolkit.burst import require_loopback
 from poolkit.urls import mask
 
 REFRESH_S = 1.0
+SUMMED = ("cl_active", "cl_waiting", "sv_active", "sv_idle")
+"""SHOW POOLS counters added up over the PgBouncer processes of one pooler."""
 _BACKENDS_SQL = """
 SELECT count(*) FILTER (WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()),
        current_setting('max_connections')::int
@@ -53,8 +56,9 @@ def _rows(conn: psycopg.Connection[Any], command: str) -> list[dict[str, Any]]:
 class Reader:
     """Keeps one console and one Postgres connection open; reconnects after a failure."""
 
-    def __init__(self, stats_url: str, direct_url: str | None):
-        self.urls = {"PgBouncer": stats_url, "Postgres": direct_url}
+    def __init__(self, stats_urls: Sequence[str], direct_url: str | None):
+        self.urls = {f"PgBouncer {n}": url for n, url in enumerate(stats_urls, 1)}
+        self.urls["Postgres"] = direct_url
         self.conns: dict[str, psycopg.Connection[Any] | None] = dict.fromkeys(self.urls)
 
     def _conn(self, which: str) -> psycopg.Connection[Any] | None:
@@ -70,12 +74,13 @@ class Reader:
                 conn = self._conn(which)
                 if conn is None:
                     continue
-                if which == "PgBouncer":
+                if which != "Postgres":
                     snapshot.pools.extend(r for r in _rows(conn, "SHOW POOLS")
                                           if r["database"] != "pgbouncer")  # fmt: skip
-                    snapshot.transactions.update(
-                        {r["database"]: int(r["total_xact_count"])
-                         for r in _rows(conn, "SHOW STATS")})  # fmt: skip
+                    for row in _rows(conn, "SHOW STATS"):
+                        database = row["database"]
+                        snapshot.transactions[database] = (snapshot.transactions.get(database, 0)
+                                                           + int(row["total_xact_count"]))
                 else:
                     backends, limit = conn.execute(_BACKENDS_SQL).fetchone()  # type: ignore[misc]
                     snapshot = Snapshot(snapshot.at, snapshot.pools, snapshot.transactions,
@@ -83,7 +88,7 @@ class Reader:
             except psycopg.Error as error:
                 snapshot.problems.append(f"{which}: {mask(str(error)).strip().splitlines()[0]}")
                 self.close(which)
-        return snapshot
+        return dataclasses.replace(snapshot, pools=merged(snapshot.pools))
 
     def close(self, which: str | None = None) -> None:
         for name in [which] if which else list(self.conns):
@@ -92,6 +97,26 @@ class Reader:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
+
+
+def merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per pool over every PgBouncer process: counters summed, the longest maxwait."""
+    pools: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["database"], row["user"])
+        if key not in pools:
+            pools[key] = dict(row)
+            continue
+        pool = pools[key]
+        for counter in SUMMED:
+            pool[counter] = int(pool[counter]) + int(row[counter])
+        if _wait(row) > _wait(pool):
+            pool["maxwait"], pool["maxwait_us"] = row["maxwait"], row.get("maxwait_us")
+    return list(pools.values())
+
+
+def _wait(pool: dict[str, Any]) -> float:
+    return int(pool["maxwait"]) + int(pool.get("maxwait_us") or 0) / 1e6
 
 
 def rate(before: Snapshot | None, now: Snapshot, database: str) -> float | None:
@@ -111,7 +136,7 @@ def view(title: str, before: Snapshot | None, now: Snapshot) -> Group:
     for pool in now.pools:
         tps = rate(before, now, pool["database"])
         waiting = int(pool["cl_waiting"])
-        maxwait = int(pool["maxwait"]) + int(pool.get("maxwait_us") or 0) / 1e6
+        maxwait = _wait(pool)
         table.add_row(
             f"{pool['database']}/{pool['user']}", str(pool["cl_active"]),
             Text(str(waiting), style="bold red" if waiting else ""),
@@ -139,13 +164,18 @@ def watch(
     refresh_s: float = REFRESH_S,
     rounds: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    consoles: Sequence[str] = (),
 ) -> int:
-    """Redraw the view every ``refresh_s`` until Ctrl-C (or ``rounds`` reads); exit code 0."""
+    """Redraw the view every ``refresh_s`` until Ctrl-C (or ``rounds`` reads); exit code 0.
+
+    ``consoles``: the stats console of each PgBouncer process (the stack's several processes
+    share one port, which reaches any one of them); default the env file's one URL.
+    """
     stats_url, direct_url = env.get("PGBOUNCER_STATS_URL"), env.get("DIRECT_URL")
     if not stats_url:
         raise ValueError("the env file lacks PGBOUNCER_STATS_URL")
     require_loopback(stats_url, "PGBOUNCER_STATS_URL")
-    reader = Reader(stats_url, direct_url)
+    reader = Reader(consoles or [stats_url], direct_url)
     before: Snapshot | None = None
     count = 0
     try:

@@ -149,9 +149,10 @@ def restart_command(stack: StackChoice) -> None:
                    "active/idle, maxwait, tx/s; Postgres backends vs max_connections. Ctrl-C ends.")
 def status_command(stack: StackChoice, as_json: bool, watch: bool) -> None:
     """What runs (pid, OS user, port), PgBouncer's pool counters, the .env URLs (masked)."""
-    report = stack.runner().status()
+    runner = stack.runner()
+    report = runner.status()
     if watch:
-        _watch(report)
+        _watch(report, runner.stats_urls())
         return
     urls: dict[str, str] = {}
     for path in report["env_files"][:1]:
@@ -164,7 +165,7 @@ def status_command(stack: StackChoice, as_json: bool, watch: bool) -> None:
         echo(status_lines(report))
 
 
-def _watch(report: dict[str, Any]) -> None:
+def _watch(report: dict[str, Any], consoles: list[str]) -> None:
     from poolkit import watch
 
     if not report["env_files"]:
@@ -172,6 +173,7 @@ def _watch(report: dict[str, Any]) -> None:
     env_file = Path(report["env_files"][0])
     try:
         env = read_env(env_file)
-        watch.watch(env, f"poolkit {report['stack'] or '?'}: PgBouncer pools ({env_file.name})")
+        watch.watch(env, f"poolkit {report['stack'] or '?'}: PgBouncer pools ({env_file.name})",
+                    consoles=consoles)
     except (OSError, ValueError) as error:
         raise BadInput(f"cannot use {env_file}: {error}") from None

@@ -429,6 +429,15 @@ class Runner:
                 "stack uses them and `poolkit restore` brings the data back; add "
                 "--purge-backups to delete them too"]
 
+    def stats_urls(self) -> list[str]:
+        """The stats console of each PgBouncer process, by peer id (TCP reaches any one of
+        several, so each through its socket dir); empty without a stack."""
+        state, credentials = self.paths.load_state(), stack_secrets.load(self.paths.secrets)
+        if not (state and credentials):
+            return []
+        peers = state.peers() or (Peer(1, "", "", "", ""),)
+        return [stats_url(credentials, state.pgbouncer_port, host) for host in console_hosts(peers)]
+
     def status(self) -> dict[str, Any]:
         """What runs, as what user, on which port; PgBouncer's pool counters."""
         state = self.paths.load_state()
@@ -456,13 +465,10 @@ class Runner:
         if backup_schedule.NAME in self.paths.supervised():
             entry(backup_schedule.NAME, self.paths.supervisor(backup_schedule.NAME), None)
         pools: list[dict[str, Any]] = []
-        credentials = stack_secrets.load(self.paths.secrets)
-        if bouncer and credentials and state:
-            peers = state.peers() or (Peer(1, "", "", "", ""),)
+        if bouncer:
             with contextlib.suppress(Exception):
-                for peer, host in zip(peers, console_hosts(peers), strict=True):
-                    url = stats_url(credentials, state.pgbouncer_port, host)
-                    pools += [{"process": peer.peer_id} | {k: row[k] for k in POOL_COLUMNS}
+                for process, url in enumerate(self.stats_urls(), 1):
+                    pools += [{"process": process} | {k: row[k] for k in POOL_COLUMNS}
                               for row in console.pools(url)
                               if row["database"] != "pgbouncer"]  # fmt: skip
         return {"stack": state.stack if state else None, "state_dir": str(self.paths.root),

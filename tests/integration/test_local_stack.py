@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,8 +13,10 @@ import urllib.request
 
 import psycopg
 import pytest
+from rich.console import Console
 
-from poolkit import console
+from poolkit import console, watch
+from poolkit.local import Progress, Runner
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.integration
@@ -99,3 +102,24 @@ def test_servers_listen_on_loopback_only(local_stack: LocalStack) -> None:
             pass
         stats = local_stack.env()["PGBOUNCER_STATS_URL"]
         assert console.config(stats)["listen_addr"] == "127.0.0.1"
+
+
+def test_status_watch_adds_up_every_pgbouncer_process(local_stack: LocalStack) -> None:
+    """Three clients inside transactions hold three servers, wherever the shared port put them:
+    the watch's one app/app row counts them all (each process answers on its own socket)."""
+    consoles = Runner(local_stack.state_dir, Progress()).stats_urls()
+    assert len(consoles) == 2
+    screen = Console(file=io.StringIO(), width=110, record=True)
+    held = [psycopg.connect(local_stack.env()["POOLED_DATABASE_URL"], prepare_threshold=None)
+            for _ in range(3)]  # fmt: skip
+    try:
+        for conn in held:
+            conn.execute("SELECT 1")  # a transaction is open: it holds a server
+        watch.watch(local_stack.env(), "t", console=screen, rounds=1, consoles=consoles)
+    finally:
+        for conn in held:
+            conn.close()
+    rows = [line for line in screen.export_text().splitlines() if "app/app" in line]
+    assert len(rows) == 1, rows
+    cells = [c.strip() for c in rows[0].split("│") if c.strip()]
+    assert (cells[1], cells[3]) == ("3", "3"), rows[0]  # clients active, servers active
