@@ -78,7 +78,8 @@ def replicas() -> Iterator[Replicas]:
         for index in range(2, REPLICAS + 1):
             folder = bouncers.folder(f"replica-{index}")
             port = free_ports(1, set(ports))
-            text = kit_ini(stack, the_plan, folder, port, index, user.name, reuseport=False)
+            text = kit_ini(stack, the_plan.pool.split.processes, folder, port, index, user.name,
+                           reuseport=False)
             bouncers.write(folder / "userlist.txt", userlist)
             bouncers.write(folder / f"{index}.ini", text)
             bouncers.own_tree(folder)
