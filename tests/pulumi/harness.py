@@ -248,3 +248,16 @@ class _WarningCollector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+
+
+def only_secrets_hold(deployment: Deployment, *needles: str) -> None:
+    """Every Kubernetes Secret's data is a Pulumi secret, and no other object holds a needle."""
+    for resource in deployment.resources:
+        if not resource.type.startswith(KUBERNETES):
+            continue
+        if resource.type == "kubernetes:core/v1:Secret":
+            assert is_secret(resource.inputs["stringData"]), resource.urn
+            continue
+        text = json.dumps(resource.args)
+        for needle in needles:
+            assert needle not in text, resource.urn

@@ -7,8 +7,6 @@ values make, checked for secrets, and validated against the pinned Kubernetes sc
 
 from __future__ import annotations
 
-import json
-
 import kubernetes_validate
 import pulumi
 import pytest
@@ -22,7 +20,15 @@ from poolkit.render import render_env
 from poolkit.secrets import CREDENTIALS
 from poolkit.sizing import plan
 
-from .harness import KUBERNETES, PASSWORD, PROJECT, RANDOM_ID, Deployment, deploy, is_secret
+from .harness import (
+    KUBERNETES,
+    PASSWORD,
+    PROJECT,
+    RANDOM_ID,
+    Deployment,
+    deploy,
+    only_secrets_hold,
+)
 from .harness import stack_file_config as file_config
 from .test_program import secrets_of
 
@@ -70,18 +76,9 @@ def test_every_registered_object_passes_the_strict_schemas(deployed: Deployment)
 def test_secret_data_is_a_pulumi_secret_and_nothing_else_holds_one(deployed: Deployment) -> None:
     stack, _ = _model()
     credentials = secrets_of(deployed, stack)
-    for resource in deployed.resources:
-        if not resource.type.startswith(KUBERNETES):
-            continue
-        if resource.type == "kubernetes:core/v1:Secret":
-            assert is_secret(resource.inputs["stringData"]), resource.urn
-            continue
-        text = json.dumps(resource.args)
-        for credential in (getattr(credentials, name) for name in CREDENTIALS):
-            if credential is None:  # no poolkit_monitor role on this target
-                continue
-            assert credential.password not in text, resource.urn
-            assert credential.verifier not in text, resource.urn
+    present = [c for c in (getattr(credentials, name) for name in CREDENTIALS)
+               if c is not None]  # no poolkit_monitor role on this target
+    only_secrets_hold(deployed, *(s for c in present for s in (c.password, c.verifier)))
 
 
 def test_everything_waits_for_the_namespace_and_the_job_for_postgres(deployed: Deployment) -> None:

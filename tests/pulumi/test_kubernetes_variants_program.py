@@ -29,7 +29,7 @@ from poolkit.sizing import Plan, plan
 from poolkit.tls import ServerTls, names_of
 from tests.dynamic_resources import plain
 
-from .harness import KUBERNETES, Deployment, deploy, is_secret
+from .harness import KUBERNETES, Deployment, deploy, is_secret, only_secrets_hold
 from .harness import stack_file_config as file_config
 from .test_program import secrets_of
 
@@ -66,18 +66,6 @@ def _assert_model_and_schemas(deployment: Deployment, expected: list[dict[str, A
         assert kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True), object_key(obj)
 
 
-def _only_secrets_hold(deployment: Deployment, *needles: str) -> None:
-    for resource in deployment.resources:
-        if not resource.type.startswith(KUBERNETES):
-            continue
-        if resource.type == "kubernetes:core/v1:Secret":
-            assert is_secret(resource.inputs["stringData"]), resource.urn
-            continue
-        text = json.dumps(resource.args)
-        for needle in needles:
-            assert needle not in text, resource.urn
-
-
 @pytest.fixture(scope="module")
 def with_tls() -> tuple[dict[str, Any], Deployment]:
     config = {**file_config(STACK), **TLS}
@@ -99,7 +87,7 @@ def test_tls_objects_are_the_model_s_with_the_generated_certificate(with_tls) ->
         x509.load_pem_x509_certificate(tls.ca.encode()))  # type: ignore[union-attr]
     secret = deployed.named("poolkit-secret-tls")
     assert secret.args["type"] == "kubernetes.io/tls"
-    _only_secrets_hold(deployed, tls.key, "PRIVATE KEY")
+    only_secrets_hold(deployed, tls.key, "PRIVATE KEY")
     assert deployed.outputs[Outputs.TLS_CA] == tls.ca
     assert _registered(deployed)["Service/pgbouncer"]["spec"]["type"] == "LoadBalancer"
 
@@ -164,7 +152,7 @@ def test_external_postgres_is_checked_first_then_prepared_and_fronted(
     assert not [key for key in registered if "postgres" in key]
     for name in ("poolkit-deployment-pgbouncer", "poolkit-job-migrate"):
         assert prepared.urn in deployed.named(name).dependencies, name
-    _only_secrets_hold(deployed, ADMIN_PASSWORD, credentials.migrator.password)
+    only_secrets_hold(deployed, ADMIN_PASSWORD, credentials.migrator.password)
     assert not any(ADMIN_PASSWORD in json.dumps(r.args) for r in deployed.resources
                    if r.type.startswith(KUBERNETES))  # the admin password stays out of the cluster
     assert "@db.example.com:5433/app?sslmode=verify-full" in deployed.outputs[Outputs.DIRECT_URL]
@@ -210,7 +198,7 @@ def test_a_given_certificate_reaches_the_tls_secret_and_urls_verify_its_ca() -> 
         stack.tls, certificate="(given)", key="(given)", ca="(given)"))  # the model's view
     _assert_model_and_schemas(deployed, objects(stack, sized, secrets_of(deployed, stack),
                                                 Material(given)))  # fmt: skip
-    _only_secrets_hold(deployed, server.key)
+    only_secrets_hold(deployed, server.key)
     # The Services' names are not in a given certificate: its CA is checked (as on Docker's
     # private network), never skipped.
     url = conninfo_to_dict(parse_env(deployed.outputs[Outputs.ENV_FILE])["DATABASE_URL"])
