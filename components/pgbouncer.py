@@ -21,6 +21,7 @@ from components.common import (
     upload,
 )
 from poolkit.layouts import PGBOUNCER_ALIAS as NETWORK_ALIAS
+from poolkit.peering import pooler_sysctls
 from poolkit.render import (
     SERVER_CA,
     TLS_CA,
@@ -104,6 +105,9 @@ class PgBouncer(pulumi.ComponentResource):
             volumes=[docker.ContainerVolumeArgs(
                 volume_name=args.socket_volume, container_path=layout.pgbouncer_socket_dir,
             )] if args.socket_volume is not None else [],
+            # A process restarted on its own (`kill -TERM`) hands its queued connections to
+            # its peers instead of resetting them; the container's own network namespace.
+            sysctls=pooler_sysctls(args.plan.pool.split.processes) or None,
             # As the stats user on the console: a role PgBouncer knows, so each check is one
             # "login attempt" line in its log, not a "no such user" warning every 2 s.
             healthcheck=healthcheck(["pg_isready", "-h", "127.0.0.1", "-p",

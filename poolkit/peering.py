@@ -11,6 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MIGRATE_SYSCTL = "net.ipv4.tcp_migrate_req"
+"""Linux 5.14+, per network namespace. At 1, the connections queued on a listener that closes
+(a process stopping for a rolling restart) move to another socket of its ``so_reuseport``
+group; at 0, the default, the kernel resets them and their clients see "server closed the
+connection unexpectedly"."""
+
+
+def pooler_sysctls(processes: int) -> dict[str, str]:
+    """Kernel settings for the network namespace (a container, a pod) of one pooler host that
+    runs ``processes`` PgBouncer processes: none for one."""
+    return {MIGRATE_SYSCTL: "1"} if processes > 1 else {}
+
 
 @dataclass(frozen=True)
 class Peer:

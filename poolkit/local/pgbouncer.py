@@ -24,7 +24,7 @@ from poolkit.local.machine import PACKAGE_ROOT, own, python_path
 from poolkit.local.processes import pid_alive, read_pid, terminate, wait_for
 from poolkit.local.progress import Journal
 from poolkit.local.state import SUPERVISOR, StackState
-from poolkit.peering import Peer
+from poolkit.peering import MIGRATE_SYSCTL, Peer
 from poolkit.urls import postgres_url
 
 # PgBouncer settings it reads only at start (https://www.pgbouncer.org/config.html).
@@ -38,6 +38,22 @@ GRACEFUL_SINCE = (1, 23)
 second SIGTERM shuts down at once. Before, SIGINT waits for servers to be released."""
 DRAIN_TIMEOUT_S = 30.0
 """How long a rolling restart lets one process's clients leave before it is shut down anyway."""
+
+
+MIGRATE_HINT = (
+    f"{MIGRATE_SYSCTL} is not 1 on this host: a connection queued on a process at the instant "
+    "it stops listening is reset (rare, under load); `sysctl -w "
+    f"{MIGRATE_SYSCTL}=1` (Linux 5.14+; keep it in /etc/sysctl.d) hands it to a peer instead"
+)
+
+
+def migrates_queued_connections(proc_sys: Path = Path("/proc/sys")) -> bool:
+    """Whether this host's kernel moves a closing listener's queued connections to its peers
+    (``MIGRATE_SYSCTL`` is 1)."""
+    try:
+        return (proc_sys / MIGRATE_SYSCTL.replace(".", "/")).read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def supervisor_name(peer: Peer, processes: int) -> str:
@@ -228,7 +244,8 @@ class PgBouncer:
         ``admin``, the console logins of the stats user (the process's pgbouncer_exporter,
         ``status --watch``) are closed right after the signal: they never leave by themselves
         and would hold the shutdown for the whole ``drain_timeout``; they reconnect to the new
-        process.
+        process. Connections the kernel queued on a process as it stops listening reach its
+        peers only where ``MIGRATE_SYSCTL`` is 1; otherwise the result ends with a hint.
         """
         done = []
         for peer in self.peers:
@@ -259,6 +276,8 @@ class PgBouncer:
                                  "restart", Path(peer.logfile))  # fmt: skip
             done.append(f"restarted PgBouncer process {peer.peer_id} in "
                         f"{time.monotonic() - started:.1f} s")
+        if len(self.peers) > 1 and not migrates_queued_connections():
+            done.append(MIGRATE_HINT)
         return done
 
     @staticmethod

@@ -118,7 +118,7 @@ _ACCEPTED: dict[str, set[str]] = {
         "name", "image", "command", "entrypoints", "envs", "ports", "networksAdvanced",
         "volumes", "uploads", "healthcheck", "restart", "labels", "user", "wait",
         "waitTimeout", "mustRun", "destroyGraceSeconds", "stopSignal", "stopTimeout", "shmSize",
-        "memory", "cpuShares",
+        "memory", "cpuShares", "sysctls",
     },
     PASSWORD: {
         "length", "upper", "lower", "numeric", "number", "special", "overrideSpecial",
@@ -527,7 +527,8 @@ class DockerEngineMocks(pulumi.runtime.Mocks):
             network_mode=networks[0]["name"] if networks else None,
             shm_size=f"{int(inputs['shmSize'])}m" if inputs.get("shmSize") else None,
             mem_limit=f"{memory}m" if memory else None,
-            cpu_shares=int(inputs.get("cpuShares") or 0) or None)
+            cpu_shares=int(inputs.get("cpuShares") or 0) or None,
+            sysctls=inputs.get("sysctls") or None)
         networking = api.create_networking_config(
             {networks[0]["name"]: api.create_endpoint_config(aliases=networks[0].get("aliases"))}
         ) if networks else None

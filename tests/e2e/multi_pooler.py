@@ -28,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 from poolkit.config import parse_stack
 from poolkit.layouts import docker_layout
 from poolkit.outputs import Outputs
+from poolkit.peering import MIGRATE_SYSCTL, pooler_sysctls
 from poolkit.render import pgbouncer_peers, render_pgbouncer_ini
 from poolkit.sizing import plan
 from tests.backends import peak_backends
@@ -75,6 +76,7 @@ def multi_process_pooler(stack: E2EStack) -> Iterator[dict[str, Any]]:
         image, name=f"{stack.container('pgbouncer').name}-multi",
         labels={RUN_LABEL: stack.run_id}, network=stack.outputs[Outputs.NETWORK],
         ports={f"{layout.pgbouncer_port}/tcp": ("127.0.0.1", port)},
+        sysctls=pooler_sysctls(PROCESSES),  # as the program sets them
     )  # fmt: skip
     try:
         container.put_archive(layout.pgbouncer_dir, _tar(inis, 0o640))
@@ -133,6 +135,8 @@ def restart_one(pooler: dict[str, Any]) -> tuple[dict[str, int], dict[str, int],
     """SIGTERM to process 1 under load: it stops accepting, process 2 takes new connections, and
     ``poolkit-pgbouncers`` starts process 1 again. (pids before, pids after, outcomes)."""
     container = pooler["container"]
+    setting = container.exec_run(["cat", f"/proc/sys/{MIGRATE_SYSCTL.replace('.', '/')}"])
+    assert setting.output.strip() == b"1", setting.output
     before = pgbouncer_pids(container)
     stop, done, errors = threading.Event(), Counter[str](), Counter[str]()
 

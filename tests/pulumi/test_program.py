@@ -558,6 +558,25 @@ def test_postgres_gets_the_memory_cpus_and_shm_it_was_sized_for(
     assert postgres.args["shmSize"] == shm > 64
 
 
+@pytest.mark.parametrize("stack_name", STACKS)
+def test_several_pgbouncer_processes_hand_queued_connections_to_their_peers(
+    stack_name: str, deployed: Deployment
+) -> None:
+    """A process restarted on its own closes its listener; the kernel then moves the connections
+    queued on it to a peer instead of resetting them (docs/scaling.md)."""
+    _, sized = model(stack_name)
+    bouncer = deployed.containers()[f"poolkit-{stack_name}-pgbouncer"]
+    assert sized.pool.split.processes > 1
+    assert bouncer.args["sysctls"] == {"net.ipv4.tcp_migrate_req": "1"}
+
+
+def test_one_pgbouncer_process_sets_no_sysctl() -> None:
+    config = stack_file_config("dev")
+    config["poolkit:pgbouncer"] = {**config.get("poolkit:pgbouncer", {}), "processes": 1}
+    bouncer = deploy("dev", config).containers()["poolkit-dev-pgbouncer"]
+    assert not bouncer.args.get("sysctls")
+
+
 def test_app_image_context_holds_only_the_app_modules() -> None:
     """An edit to tests, docs or stack files must not change the app image's build context."""
     from docker.utils.build import exclude_paths

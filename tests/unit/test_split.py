@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,6 +11,8 @@ from hypothesis import strategies as st
 from poolkit.config import ConfigError
 from poolkit.envfile import parse_env
 from poolkit.layouts import docker_layout
+from poolkit.local.pgbouncer import migrates_queued_connections
+from poolkit.peering import pooler_sysctls
 from poolkit.render import render_all
 from poolkit.sizing import plan
 from poolkit.split import (
@@ -225,3 +229,19 @@ def test_env_names_the_processes_and_their_server_budget() -> None:
     env = parse_env(_rendered(processes=2)[".env"])
     assert env["PGBOUNCER_PROCESSES"] == "2"
     assert env["PGBOUNCER_SERVER_BUDGET"] == "6"
+
+
+def test_only_several_processes_ask_the_kernel_to_migrate_queued_connections() -> None:
+    assert pooler_sysctls(1) == {}
+    assert pooler_sysctls(2) == pooler_sysctls(3) == {"net.ipv4.tcp_migrate_req": "1"}
+
+
+@pytest.mark.parametrize(("content", "expected"), [("1\n", True), ("0\n", False), (None, False)])
+def test_the_host_setting_is_read_from_proc_sys(
+    tmp_path: Path, content: str | None, expected: bool
+) -> None:
+    if content is not None:  # None: a kernel before 5.14 has no such file
+        setting = tmp_path / "net/ipv4/tcp_migrate_req"
+        setting.parent.mkdir(parents=True)
+        setting.write_text(content)
+    assert migrates_queued_connections(tmp_path) is expected
