@@ -11,6 +11,7 @@ Settings come from the environment that poolkit's ``.env`` provides:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -208,3 +209,13 @@ def describe_error(exc: BaseException, environ: Mapping[str, str] = os.environ) 
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     state = f" [{sqlstate}]" if sqlstate else ""
     return f"{type(exc).__name__}{state}: {redact(first_line, environ)}"
+
+
+def startup_exit_code(exc: Exception, log: logging.Logger) -> int:
+    """Log why start-up (settings, then the schema) failed; the exit code: 2 a setting is
+    missing or malformed, 1 the database refused."""
+    if isinstance(exc, SettingsError):
+        log.error("%s", exc)
+        return 2
+    log.error("migration failed: %s", describe_error(exc))
+    return 1

@@ -133,12 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             db.ensure_schema(settings)
             log.info("schema ready (over %s)", "DIRECT_URL" if settings.direct_url else
                      "POOLED_DATABASE_URL")
-    except db.SettingsError as exc:
-        log.error("%s", exc)
-        return 2
     except Exception as exc:
-        log.error("migration failed: %s", db.describe_error(exc))
-        return 1
+        return db.startup_exit_code(exc, log)
 
     app = importlib.import_module(f"apps.{args.style}_style")
     server = AppServer((args.host, args.port), app)

@@ -22,12 +22,8 @@ def main() -> int:
         if not settings.direct_url:
             raise db.SettingsError("DIRECT_URL is not set: migrations run on the direct URL")
         db.ensure_schema(settings)
-    except db.SettingsError as exc:
-        log.error("%s", exc)
-        return 2
     except Exception as exc:
-        log.error("migration failed: %s", db.describe_error(exc))
-        return 1
+        return db.startup_exit_code(exc, log)
     log.info("schema ready (over DIRECT_URL)")
     return 0
 

@@ -19,10 +19,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from apps import db
+from apps import db, migrate
 from poolkit.urls import postgres_url
 from tests.apps import figures
 from tests.apps.conftest import (
+    OFFLINE_ENV,
     URL_VARIABLE,
     AppProcess,
     AppStack,
@@ -301,6 +302,25 @@ def test_engine_parameters_in_the_url_stop_the_app(start_app, runtime: str) -> N
     with pytest.raises(RuntimeError, match="exited") as failure:
         start_app("workers", {**offline_env(runtime), URL_VARIABLE[runtime]: url}, migrate=False)
     assert "connection_limit, pgbouncer" in str(failure.value)
+
+
+@unit
+@pytest.mark.parametrize(("direct_url", "code", "logged"), [
+    (None, 2, "DIRECT_URL is not set: migrations run on the direct URL"),
+    ("postgresql://app:unused@127.0.0.1:1/app", 1, "migration failed: OperationalError"),
+])  # fmt: skip
+def test_migration_job_exit_code_says_whose_fault(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    direct_url: str | None, code: int, logged: str,
+) -> None:  # fmt: skip
+    """2: a setting (fix the environment); 1: the database refused (look at the server)."""
+    for name, value in {**OFFLINE_ENV, "DIRECT_URL": direct_url}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert migrate.main() == code
+    assert logged in caplog.text
 
 
 @unit
