@@ -12,12 +12,7 @@ import pulumi
 
 from components import Environment, EnvironmentArgs
 from components.kubernetes import KubernetesEnvironment, KubernetesEnvironmentArgs
-from components.stack_config import (
-    check_external,
-    external_admin_password,
-    given_tls,
-    load_stack,
-)
+from components.stack_config import check_external, load_stack
 from poolkit.config import NAMESPACE, PASSPHRASE_KEY, S3_SECRET_KEY, StackConfig
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout
 from poolkit.outputs import Outputs
@@ -26,16 +21,9 @@ from poolkit.sizing import Plan
 
 def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None:
     external = stack.postgres.external
-    if external:  # connects to the server: before any resource exists
-        check_external(stack, plan, config)
-    environment = Environment(NAMESPACE, EnvironmentArgs(
-        stack=stack,
-        plan=plan,
-        app_password=config.get_secret("app_password"),
-        migrator_password=config.get_secret("migrator_password"),
-        given_tls=given_tls(stack, config),
+    environment = Environment(NAMESPACE, EnvironmentArgs.from_config(
+        stack, plan, config,
         backup_s3_key_secret=config.get_secret(S3_SECRET_KEY),
-        external_admin_password=external_admin_password(config),
         backup_passphrase=config.get_secret(PASSPHRASE_KEY),
     ))  # fmt: skip
     pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
@@ -68,16 +56,8 @@ def docker_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None
 
 
 def kubernetes_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> None:
-    if stack.postgres.external:  # connects to the server: before any resource exists
-        check_external(stack, plan, config)
-    environment = KubernetesEnvironment(NAMESPACE, KubernetesEnvironmentArgs(
-        stack=stack,
-        plan=plan,
-        app_password=config.get_secret("app_password"),
-        migrator_password=config.get_secret("migrator_password"),
-        given_tls=given_tls(stack, config),
-        external_admin_password=external_admin_password(config),
-    ))  # fmt: skip
+    environment = KubernetesEnvironment(NAMESPACE,
+                                        KubernetesEnvironmentArgs.from_config(stack, plan, config))
     pulumi.export(Outputs.DIRECT_URL, environment.direct_url)
     pulumi.export(Outputs.POOLED_URL, environment.pooled_url)
     pulumi.export(Outputs.ENV_FILE, environment.env_file)
@@ -91,4 +71,6 @@ def kubernetes_target(stack: StackConfig, plan: Plan, config: pulumi.Config) -> 
 
 config = pulumi.Config(NAMESPACE)
 stack, plan = load_stack(config)
+if stack.postgres.external:  # connects to the server: before any resource exists
+    check_external(stack, plan, config)
 (kubernetes_target if stack.target == "kubernetes" else docker_target)(stack, plan, config)

@@ -9,10 +9,10 @@ import pulumi_docker as docker
 
 from components.common import (
     APP_LIFECYCLE,
-    container_labels,
     docker_name,
     healthcheck,
     published_port,
+    service_container,
     stack_networks,
     tls_uploads,
     upload,
@@ -107,8 +107,10 @@ class ServerlessApp(pulumi.ComponentResource):
         for replica, port in enumerate(self.published_ports):
             envs = pulumi.Output.secret(args.secrets.apply(
                 lambda s, r=replica: replica_env(stack, plan, app, s, r)))  # fmt: skip
-            self.containers.append(docker.Container(
-                f"{name}-{replica}",
+            self.containers.append(service_container(
+                f"{name}-{replica}", self, stack.stack, f"app-{app.name}",
+                lifecycle=APP_LIFECYCLE, wait_timeout=args.wait_timeout,
+                depends_on=args.depends_on,
                 name=docker_name(stack.stack, app.name, str(replica)),
                 image=args.image,
                 envs=envs,
@@ -116,17 +118,6 @@ class ServerlessApp(pulumi.ComponentResource):
                 networks_advanced=stack_networks(stack, args.network, [app.name]),
                 ports=[published_port(APP_PORT, port)],
                 healthcheck=healthcheck(HEALTHCHECKS[app.runtime]),
-                restart="unless-stopped",
-                wait=True,
-                wait_timeout=args.wait_timeout,
-                **APP_LIFECYCLE.container_args(),
-                labels=container_labels(stack.stack, f"app-{app.name}"),
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=args.depends_on,
-                    delete_before_replace=True,
-                    replace_on_changes=["healthcheck"],
-                ),
             ))  # fmt: skip
         self.container_names = [container.name for container in self.containers]
 

@@ -10,7 +10,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pulumi
 import pulumi_docker as docker
@@ -197,23 +197,65 @@ def upload(path: str, content: pulumi.Input[str], mode: str) -> docker.Container
 
 def build_image(
     resource_name: str,
-    image_name: str,
-    context: str,
-    dockerfile: str,
-    build_args: dict[str, str],
     parent: pulumi.Resource,
+    stack: str,
+    image: str,
+    base_image: str,
+    build_args: dict[str, str] | None = None,
+    context: str | None = None,
+    dockerfile: str | None = None,
 ) -> docker.Image:
-    """Build an image on the Docker host, never pushed (``skip_push``).
+    """Build ``poolkit-<stack>-<image>:latest`` on the Docker host, never pushed (``skip_push``).
 
-    Paths are relative to the project root (Pulumi's working directory), so the stored inputs
-    are the same on every machine.
+    ``BASE_IMAGE`` is ``base_image``, then the image's own ``build_args``. The context defaults
+    to ``images/<image>`` and the Dockerfile to the one in it. Paths are relative to the project
+    root (Pulumi's working directory), so the stored inputs are the same on every machine.
     """
+    context = context or f"images/{image}"
+    dockerfile = dockerfile or f"{context}/Dockerfile"
     return docker.Image(
         resource_name,
-        image_name=image_name,
-        build=docker.DockerBuildArgs(context=context, dockerfile=dockerfile, args=build_args),
+        image_name=f"{docker_name(stack, image)}:latest",
+        build=docker.DockerBuildArgs(context=context, dockerfile=dockerfile,
+                                     args={"BASE_IMAGE": base_image, **(build_args or {})}),
         skip_push=True,
         opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def service_container(
+    resource_name: str,
+    parent: pulumi.Resource,
+    stack: str,
+    component: str,
+    *,
+    lifecycle: Lifecycle,
+    wait_timeout: int,
+    depends_on: list[pulumi.Resource] | None = None,
+    **role: Any,
+) -> docker.Container:
+    """A long-running container of the stack, labelled ``component`` and stopped per ``lifecycle``.
+
+    Docker restarts it unless stopped by hand, and ``pulumi up`` waits up to ``wait_timeout`` s
+    for its first healthy check. Its name and host port are fixed, so a replacement removes the
+    old container before the new one starts; Docker cannot change a running container's
+    healthcheck, so a changed one replaces it. ``role`` holds the other ``docker.Container``
+    arguments (name, image, healthcheck, ports, uploads…).
+    """
+    return docker.Container(
+        resource_name,
+        restart="unless-stopped",
+        wait=True,
+        wait_timeout=wait_timeout,
+        **lifecycle.container_args(),
+        labels=container_labels(stack, component),
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=depends_on,
+            delete_before_replace=True,
+            replace_on_changes=["healthcheck"],
+        ),
+        **role,
     )
 
 

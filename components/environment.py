@@ -8,7 +8,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.apps import ServerlessApp, ServerlessAppArgs
-from components.certificates import Certificates, GivenTls
+from components.certificates import Certificates
 from components.common import (
     DEFAULT_BASE_IMAGE,
     build_image,
@@ -20,14 +20,13 @@ from components.credentials import stack_credentials
 from components.exporters import Exporters, ExportersArgs
 from components.pgbouncer import PgBouncer, PgBouncerArgs
 from components.postgres import Postgres, PostgresArgs
+from components.stack_config import TargetArgs
 from poolkit import node_apps
-from poolkit.config import StackConfig
 from poolkit.envfile import parse_env
 from poolkit.external import server_ca_pem
 from poolkit.layouts import DOCKER_PGBOUNCER_SERIES, docker_layout, network_layout
 from poolkit.pulumi_external import ExternalDatabase, prepare_external
 from poolkit.render import render_env
-from poolkit.sizing import Plan
 
 APP_IMAGES = {
     "python": ("app", "apps", "images/app/Dockerfile"),
@@ -40,23 +39,13 @@ changes no image."""
 
 
 @dataclass
-class EnvironmentArgs:
-    stack: StackConfig
-    """The validated stack (``poolkit.config.parse_stack``); passwords are not read from it."""
-    plan: Plan
-    """Its sizing plan (``poolkit.sizing.plan``)."""
-    app_password: pulumi.Input[str] | None = None
-    """Password of the app role (``poolkit:app_password``, a secret); generated when None."""
-    migrator_password: pulumi.Input[str] | None = None
-    """Password of the owner role (``poolkit:migrator_password``); generated when None."""
+class EnvironmentArgs(TargetArgs):
+    """The stack's args (``TargetArgs``) and what only the Docker target takes."""
+
     base_image: str = DEFAULT_BASE_IMAGE
     """``BASE_IMAGE`` build arg of every image."""
-    given_tls: GivenTls | None = None
-    """The stack's own certificate (secrets); generated into the state when None."""
     backup_s3_key_secret: pulumi.Input[str] | None = None
     """Secret key of the S3 backup repository (``poolkit:backup_s3_key_secret``)."""
-    external_admin_password: pulumi.Input[str] | None = None
-    """``poolkit:external_admin_password``: required with ``postgres.external``."""
     backup_passphrase: pulumi.Input[str] | None = None
     """The repository's cipher passphrase (``poolkit:backup_passphrase``); generated when None."""
 
@@ -159,13 +148,8 @@ class Environment(pulumi.ComponentResource):
         for runtime in sorted({app.runtime for app in plan.apps}):
             suffix, context, dockerfile = APP_IMAGES[runtime]
             images[runtime] = image_ref(build_image(
-                f"{name}-{suffix}-image",
-                image_name=f"{docker_name(stack.stack, suffix)}:latest",
-                context=context,
-                dockerfile=dockerfile,
-                build_args={"BASE_IMAGE": args.base_image},
-                parent=self,
-            ))  # fmt: skip
+                f"{name}-{suffix}-image", self, stack.stack, suffix, args.base_image,
+                context=context, dockerfile=dockerfile))  # fmt: skip
         self.apps = [
             ServerlessApp(f"{name}-{app.name}", ServerlessAppArgs(
                 stack=stack, plan=plan, app=app, secrets=secrets, image=images[app.runtime],

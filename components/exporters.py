@@ -21,11 +21,11 @@ from components.common import (
     EXPORTER_LIFECYCLE,
     ServerArgs,
     build_image,
-    container_labels,
     docker_name,
     healthcheck,
     image_ref,
     published_port,
+    service_container,
     stack_networks,
     upload,
 )
@@ -73,14 +73,7 @@ class Exporters(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None) -> None:  # fmt: skip
         super().__init__("poolkit:index:Exporters", name, None, opts)
         stack, plan, layout = args.stack, args.plan, args.layout
-        self.image = build_image(
-            f"{name}-image",
-            image_name=f"{docker_name(stack.stack, 'exporters')}:latest",
-            context="images/exporters",
-            dockerfile="images/exporters/Dockerfile",
-            build_args={"BASE_IMAGE": args.base_image},
-            parent=self,
-        )
+        self.image = build_image(f"{name}-image", self, stack.stack, "exporters", args.base_image)
         self.ports = metrics.exporter_ports(stack, plan)
 
         def spec_of(secrets: Secrets, wanted: str) -> metrics.ExporterSpec:
@@ -107,8 +100,10 @@ class Exporters(pulumi.ComponentResource):
                 networks = stack_networks(stack, args.network, [])
                 if args.server_ca:  # public, not a secret
                     uploads.append(upload(f"{ENV_DIR}/{SERVER_CA}", args.server_ca, "0644"))
-            self.containers[exporter] = docker.Container(
-                f"{name}-{exporter}",
+            self.containers[exporter] = service_container(
+                f"{name}-{exporter}", self, stack.stack, "exporter",
+                lifecycle=EXPORTER_LIFECYCLE, wait_timeout=args.wait_timeout,
+                depends_on=args.depends_on,
                 name=docker_name(stack.stack, exporter),
                 image=image_ref(self.image),
                 command=command(placeholder),
@@ -118,17 +113,6 @@ class Exporters(pulumi.ComponentResource):
                 volumes=volumes,
                 # It listens only once its first login worked (pgbouncer_exporter exits if not).
                 healthcheck=healthcheck(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]),
-                restart="unless-stopped",
-                wait=True,
-                wait_timeout=args.wait_timeout,
-                **EXPORTER_LIFECYCLE.container_args(),
-                labels=container_labels(stack.stack, "exporter"),
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=args.depends_on,
-                    delete_before_replace=True,  # a fixed name and host port
-                    replace_on_changes=["healthcheck"],
-                ),
             )  # fmt: skip
 
         self.register_outputs({

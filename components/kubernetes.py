@@ -10,15 +10,14 @@ state, or given as stack secrets); an external Postgres is prepared by ``Externa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.certificates import Certificates, GivenTls
+from components.certificates import Certificates
 from components.credentials import stack_credentials
-from poolkit.config import StackConfig
+from components.stack_config import TargetArgs
 from poolkit.envfile import parse_env
 from poolkit.external import server_ca_pem
 from poolkit.layouts import kubernetes_certificate_names, kubernetes_layout
@@ -34,7 +33,6 @@ from poolkit.manifests import (
 )
 from poolkit.pulumi_external import ExternalDatabase, prepare_external
 from poolkit.render import render_env
-from poolkit.sizing import Plan
 
 RESOURCE_CLASSES: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
     ("v1", "Namespace"): k8s.core.v1.Namespace,
@@ -50,20 +48,9 @@ RESOURCE_CLASSES: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = 
 """Every kind ``poolkit.manifests`` emits, and the pulumi_kubernetes class that creates it."""
 
 
-@dataclass
-class KubernetesEnvironmentArgs:
-    stack: StackConfig
-    """The validated stack; ``stack.kubernetes`` names the namespace and the images."""
-    plan: Plan
-    """Its sizing plan."""
-    app_password: pulumi.Input[str] | None = None
-    """``poolkit:app_password`` (a secret); generated when None."""
-    migrator_password: pulumi.Input[str] | None = None
-    """``poolkit:migrator_password``; generated when None."""
-    given_tls: GivenTls | None = None
-    """The stack's own certificate (secrets); generated into the state when None."""
-    external_admin_password: pulumi.Input[str] | None = None
-    """``poolkit:external_admin_password``: required with ``postgres.external``."""
+class KubernetesEnvironmentArgs(TargetArgs):
+    """The stack's args (``TargetArgs``); ``stack.kubernetes`` names the namespace and the
+    images."""
 
 
 def resource_name(name: str, manifest: Manifest) -> str:

@@ -10,12 +10,12 @@ import pulumi_docker as docker
 from components.common import (
     ServerArgs,
     build_image,
-    container_labels,
     docker_name,
     healthcheck,
     image_ref,
     pgbouncer_lifecycle,
     published_port,
+    service_container,
     stack_networks,
     tls_uploads,
     upload,
@@ -65,15 +65,8 @@ class PgBouncer(pulumi.ComponentResource):
         super().__init__("poolkit:index:PgBouncer", name, None, opts)
         stack, layout = args.stack, args.layout
 
-        self.image = build_image(
-            f"{name}-image",
-            image_name=f"{docker_name(stack.stack, 'pgbouncer')}:latest",
-            context="images/pgbouncer",
-            dockerfile="images/pgbouncer/Dockerfile",
-            build_args={"BASE_IMAGE": args.base_image,
-                        "PGBOUNCER_SERIES": stack.pgbouncer.version},
-            parent=self,
-        )
+        self.image = build_image(f"{name}-image", self, stack.stack, "pgbouncer", args.base_image,
+                                 build_args={"PGBOUNCER_SERIES": stack.pgbouncer.version})
         userlist = pulumi.Output.secret(args.secrets.apply(render_userlist))
         # One file per PgBouncer process; the image's poolkit-pgbouncers runs each of them.
         uploads = [
@@ -95,8 +88,10 @@ class PgBouncer(pulumi.ComponentResource):
         port = published_port(layout.pgbouncer_port, self.published_port,
                               bouncer.publish_address)
 
-        self.container = docker.Container(
-            f"{name}-container",
+        self.container = service_container(
+            f"{name}-container", self, stack.stack, "pgbouncer",
+            lifecycle=pgbouncer_lifecycle(stack.pgbouncer.query_wait_timeout),
+            wait_timeout=args.wait_timeout, depends_on=args.depends_on,
             name=docker_name(stack.stack, "pgbouncer"),
             image=image_ref(self.image),
             uploads=uploads,
@@ -113,17 +108,6 @@ class PgBouncer(pulumi.ComponentResource):
             healthcheck=healthcheck(["pg_isready", "-h", "127.0.0.1", "-p",
                                      str(layout.pgbouncer_port), "-U", STATS_USER,
                                      "-d", CONSOLE_DATABASE]),
-            restart="unless-stopped",
-            wait=True,
-            wait_timeout=args.wait_timeout,
-            **pgbouncer_lifecycle(stack.pgbouncer.query_wait_timeout).container_args(),
-            labels=container_labels(stack.stack, "pgbouncer"),
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=args.depends_on,
-                delete_before_replace=True,
-                replace_on_changes=["healthcheck"],
-            ),
         )  # fmt: skip
         self.container_name = self.container.name
 

@@ -11,12 +11,12 @@ from components.common import (
     POSTGRES_LIFECYCLE,
     ServerArgs,
     build_image,
-    container_labels,
     docker_name,
     healthcheck,
     image_ref,
     label_args,
     published_port,
+    service_container,
     tls_uploads,
     upload,
 )
@@ -64,14 +64,8 @@ class Postgres(pulumi.ComponentResource):
         super().__init__("poolkit:index:Postgres", name, None, opts)
         stack, layout = args.stack, args.layout
 
-        self.image = build_image(
-            f"{name}-image",
-            image_name=f"{docker_name(stack.stack, 'postgres')}:latest",
-            context="images/postgres",
-            dockerfile="images/postgres/Dockerfile",
-            build_args={"BASE_IMAGE": args.base_image, "PG_MAJOR": str(stack.postgres.version)},
-            parent=self,
-        )
+        self.image = build_image(f"{name}-image", self, stack.stack, "postgres", args.base_image,
+                                 build_args={"PG_MAJOR": str(stack.postgres.version)})
         self.volume = docker.Volume(
             f"{name}-data",
             name=docker_name(stack.stack, "pgdata"),
@@ -117,8 +111,9 @@ class Postgres(pulumi.ComponentResource):
                                     stack.postgres.publish_address)]
         limits = postgres_limits(stack, args.plan)
 
-        self.container = docker.Container(
-            f"{name}-container",
+        self.container = service_container(
+            f"{name}-container", self, stack.stack, "postgres",
+            lifecycle=POSTGRES_LIFECYCLE, wait_timeout=args.wait_timeout,
             name=docker_name(stack.stack, "postgres"),
             image=image_ref(self.image),
             volumes=volumes,
@@ -132,21 +127,9 @@ class Postgres(pulumi.ComponentResource):
             healthcheck=healthcheck(["pg_isready", "-h", layout.postgres_socket_dir, "-p",
                                      str(layout.postgres_port), "-U", layout.superuser,
                                      "-d", "postgres"]),
-            restart="unless-stopped",
-            wait=True,
-            wait_timeout=args.wait_timeout,
             shm_size=limits.shm_mb,
             memory=limits.memory_mb,
             cpu_shares=CPU_SHARES_PER_CPU * limits.cpus,
-            **POSTGRES_LIFECYCLE.container_args(),
-            labels=container_labels(stack.stack, "postgres"),
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                # Fixed name and host port: the old container must go before the new one starts.
-                delete_before_replace=True,
-                # Docker cannot change a running container's healthcheck: make it a replacement.
-                replace_on_changes=["healthcheck"],
-            ),
         )  # fmt: skip
         self.container_name = self.container.name
 

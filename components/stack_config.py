@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pulumi
 
@@ -173,3 +173,34 @@ def given_tls(stack: StackConfig, config: pulumi.Config) -> GivenTls | None:
     return GivenTls(certificate=config.require_secret("tls_certificate"),
                     key=config.require_secret("tls_key"),
                     ca=config.get_secret("tls_ca"))  # fmt: skip
+
+
+@dataclasses.dataclass
+class TargetArgs:
+    """What every target takes: the stack, its plan and the secrets of its config."""
+
+    stack: StackConfig
+    """The validated stack (``load_stack``); passwords are not read from it."""
+    plan: Plan
+    """Its sizing plan (``poolkit.sizing.plan``)."""
+    app_password: pulumi.Input[str] | None = None
+    """Password of the app role (``poolkit:app_password``, a secret); generated when None."""
+    migrator_password: pulumi.Input[str] | None = None
+    """Password of the owner role (``poolkit:migrator_password``); generated when None."""
+    given_tls: GivenTls | None = None
+    """The stack's own certificate (secrets); generated into the state when None."""
+    external_admin_password: pulumi.Input[str] | None = None
+    """``poolkit:external_admin_password``: required with ``postgres.external``."""
+
+    @classmethod
+    def from_config(
+        cls, stack: StackConfig, plan: Plan, config: pulumi.Config, **target: Any
+    ) -> Self:
+        """The args of ``stack`` with its secrets from ``config``; ``target`` holds the
+        target's own fields."""
+        return cls(stack=stack, plan=plan,
+                   app_password=config.get_secret("app_password"),
+                   migrator_password=config.get_secret("migrator_password"),
+                   given_tls=given_tls(stack, config),
+                   external_admin_password=external_admin_password(config),
+                   **target)  # fmt: skip
