@@ -7,6 +7,7 @@ run as root, and pytest's own tmp dirs are 0700), and ``poolkit down --purge --y
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -206,14 +207,22 @@ def stop_local_stack(stack: LocalStack) -> None:
     shutil.rmtree(stack.base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def local_stack() -> Iterator[LocalStack]:
-    """One local stack for the whole session (read-only use: do not change its config)."""
-    stack = start_local_stack("poolkit-session-", "session")
+@contextlib.contextmanager
+def local_stack_running(prefix: str, name: str, **kwargs: Any) -> Iterator[LocalStack]:
+    """``start_local_stack(prefix, name, **kwargs)`` for the block, stopped and purged after it
+    whatever happened (the body of a stack fixture)."""
+    stack = start_local_stack(prefix, name, **kwargs)
     try:
         yield stack
     finally:
         stop_local_stack(stack)
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[LocalStack]:
+    """One local stack for the whole session (read-only use: do not change its config)."""
+    with local_stack_running("poolkit-session-", "session") as stack:
+        yield stack
 
 
 LAYER_ORDER = ("unit", "pulumi", "integration", "infra", "security", "reliability", "bench",

@@ -19,14 +19,7 @@ from poolkit import bench, burst, local
 from poolkit import secrets as stack_secrets
 from poolkit.config import load_stack
 from poolkit.sizing import plan
-from tests.conftest import (
-    LocalStack,
-    free_ports,
-    make_base_dir,
-    run_cli,
-    start_local_stack,
-    stop_local_stack,
-)
+from tests.conftest import LocalStack, free_ports, local_stack_running, make_base_dir, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +31,12 @@ SPEC = burst.BurstSpec(instances=60, zombies=10, duration_s=2.0, ramp_s=0.3, thi
 
 @pytest.fixture(scope="module")
 def tight_stack() -> Iterator[LocalStack]:
-    stack = start_local_stack(
+    with local_stack_running(
         "poolkit-bench-", "benchtest", with_apps=False,
         postgres={"max_connections": MAX_CONNECTIONS},
         pgbouncer={"default_pool_size": POOL, "reserve_pool_size": RESERVE},
-    )  # fmt: skip
-    try:
+    ) as stack:  # fmt: skip
         yield stack
-    finally:
-        stop_local_stack(stack)
 
 
 def test_pooled_burst_has_no_errors_and_backends_within_the_pool(tight_stack: LocalStack) -> None:

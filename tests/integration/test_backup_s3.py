@@ -32,14 +32,7 @@ import pytest
 
 from poolkit import tls
 from poolkit.local.processes import port_listening
-from tests.conftest import (
-    LocalStack,
-    free_ports,
-    make_base_dir,
-    run_cli,
-    start_local_stack,
-    stop_local_stack,
-)
+from tests.conftest import LocalStack, free_ports, local_stack_running, make_base_dir, run_cli
 
 pytestmark = pytest.mark.integration
 BUCKET, KEY, SECRET, REGION = "poolkit-backups", "poolkit-test", "poolkit-test-secret", "us-east-1"
@@ -103,14 +96,11 @@ def s3() -> Iterator[S3]:
 
 @pytest.fixture(scope="module")
 def stack(s3: S3) -> Iterator[LocalStack]:
-    stack = start_local_stack("poolkit-backup-s3-", "s3", with_apps=False, env=ENV, backup={
+    with local_stack_running("poolkit-backup-s3-", "s3", with_apps=False, env=ENV, backup={
         "enabled": True, "archive_timeout": 2, "repo": "s3", "s3_bucket": BUCKET,
         "s3_endpoint": s3.endpoint, "s3_region": REGION, "s3_key": KEY,
-        "s3_uri_style": "path", "s3_verify_tls": False})  # fmt: skip
-    try:
+        "s3_uri_style": "path", "s3_verify_tls": False}) as stack:  # fmt: skip
         yield stack
-    finally:
-        stop_local_stack(stack)
 
 
 ENV = {"POOLKIT_BACKUP_S3_KEY_SECRET": SECRET}

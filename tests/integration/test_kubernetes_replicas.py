@@ -32,7 +32,7 @@ from poolkit.local.machine import service_user
 from poolkit.manifests import pgbouncer_files
 from poolkit.sizing import plan
 from tests.backends import peak_backends
-from tests.conftest import LocalStack, free_ports, start_local_stack, stop_local_stack
+from tests.conftest import LocalStack, free_ports, local_stack_running
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +58,18 @@ def _sized(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def replicas() -> Iterator[Replicas]:
-    started = start_local_stack(
+def started() -> Iterator[LocalStack]:
+    """The local stack whose PgBouncer is replica 1."""
+    with local_stack_running(
         "poolkit-k8s-", "k8sreplicas", with_apps=False,
         pgbouncer={"replicas": REPLICAS, "processes": 1, "default_pool_size": 6,
                    "reserve_pool_size": 2},
-    )  # fmt: skip
+    ) as stack:  # fmt: skip
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def replicas(started: LocalStack) -> Iterator[Replicas]:
     tools = detect_tools()
     stack = dataclasses.replace(load_stack(started.stack_file), target="kubernetes")
     assert kubernetes_problems(stack) == []
@@ -90,7 +96,6 @@ def replicas() -> Iterator[Replicas]:
         yield Replicas(started, ports, configmap_ini, inis, split.max_db_connections, split.budget)
     finally:
         bouncers.stop_all()
-        stop_local_stack(started)
 
 
 def _at(url: str, port: int) -> str:

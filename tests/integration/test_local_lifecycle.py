@@ -17,10 +17,9 @@ from poolkit import console
 from tests.conftest import (
     LocalStack,
     free_ports,
+    local_stack_running,
     make_base_dir,
     run_cli,
-    start_local_stack,
-    stop_local_stack,
     write_stack_file,
 )
 
@@ -34,11 +33,8 @@ processes, 5 each, so each process's default_pool_size goes from 2 to round(5 * 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    stack = start_local_stack("poolkit-lifecycle-", "lifecycle", with_apps=False, **FIXED)
-    try:
+    with local_stack_running("poolkit-lifecycle-", "lifecycle", with_apps=False, **FIXED) as stack:
         yield stack
-    finally:
-        stop_local_stack(stack)
 
 
 def _rewrite(stack: LocalStack, *, memory: str = "512MiB", pool: int | None = None) -> None:

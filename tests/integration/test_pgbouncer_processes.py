@@ -30,7 +30,7 @@ from poolkit.local.pgbouncer import DRAIN_TIMEOUT_S, MIGRATE_HINT, migrates_queu
 from poolkit.peering import MIGRATE_SYSCTL
 from poolkit.split import PEERING_SINCE
 from tests.backends import peak_backends
-from tests.conftest import LocalStack, free_ports, start_local_stack, stop_local_stack
+from tests.conftest import LocalStack, free_ports, local_stack_running
 from tests.integration.series import REPLAY_INTERVAL_S, Expect, Recorder, Target, promtool_test
 
 pytestmark = pytest.mark.integration
@@ -58,16 +58,13 @@ def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     if why:
         pytest.skip(why)
     processes = request.param
-    started = start_local_stack(
+    with local_stack_running(
         f"poolkit-p{processes}-", f"procs{processes}", with_apps=False,
         pgbouncer={"processes": processes, "default_pool_size": 6, "reserve_pool_size": 2},
         monitoring={"exporters": True, "pgbouncer_exporter_port": free_ports(processes),
                     "postgres_exporter_port": free_ports(1)},
-    )  # fmt: skip
-    try:
+    ) as started:  # fmt: skip
         yield started
-    finally:
-        stop_local_stack(started)
 
 
 def _processes(stack: LocalStack) -> int:
@@ -205,9 +202,8 @@ def test_a_one_process_stack_moves_to_the_derived_count_at_its_next_up() -> None
     why = _peering_pgbouncer()
     if why:
         pytest.skip(why)
-    stack = start_local_stack("poolkit-p1to2-", "onetotwo", with_apps=False,
-                              pgbouncer={"processes": 1})  # fmt: skip
-    try:
+    with local_stack_running("poolkit-p1to2-", "onetotwo", with_apps=False,
+                             pgbouncer={"processes": 1}) as stack:  # fmt: skip
         conf, pooled = stack.state_dir / "conf", stack.env()["POOLED_DATABASE_URL"]
         assert (conf / "pgbouncer.ini").exists() and len(stack.pgbouncer_pids()) == 1
         with psycopg.connect(stack.env()["DIRECT_URL"], autocommit=True) as conn:
@@ -224,8 +220,6 @@ def test_a_one_process_stack_moves_to_the_derived_count_at_its_next_up() -> None
         assert gap.served > 10 and gap.longest < 2.0
         with psycopg.connect(pooled, prepare_threshold=None) as conn:
             assert conn.execute("SELECT note FROM kept").fetchall() == [("before the switch",)]
-    finally:
-        stop_local_stack(stack)
 
 
 class _LongestGap:
