@@ -1,10 +1,15 @@
-"""The peak of Postgres backends while a block runs: one sampler for every burst test."""
+"""The peak of Postgres backends while a block runs, and a burst of short-lived clients measured
+by it: one sampler and one burst for every burst test."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,3 +38,50 @@ def peak_backends(
     finally:
         done.set()
         sampler.join(10)
+
+
+@dataclass(frozen=True)
+class Burst:
+    """What a burst of short-lived clients saw."""
+
+    peak: int
+    """Most backends matching the sampler's condition at once."""
+    seconds: float
+    errors: Counter[str]
+    """``Type: message`` (cut to 80 characters) -> clients that failed so."""
+    served: Counter[int]
+    """Index in the burst's URLs -> clients served through it."""
+
+
+def burst_clients(
+    urls: Sequence[str],
+    clients: int,
+    threads: int,
+    direct_url: str,
+    condition: str,
+    params: tuple[Any, ...] = (),
+    *,
+    sleep_s: float = 0.02,
+    **connect: Any,
+) -> Burst:
+    """``clients`` short-lived clients, ``threads`` at a time, client ``i`` over
+    ``urls[i % len(urls)]`` (round-robin, as a Service spreads them): each connects (with
+    ``connect``), checks that ``SELECT i`` after ``pg_sleep(sleep_s)`` returns ``i``, and
+    leaves. Failures are counted, not raised; ``peak_backends`` samples every 0.02 s."""
+    errors, served = Counter[str](), Counter[int]()
+
+    def client(i: int) -> None:
+        index = i % len(urls)
+        try:
+            with psycopg.connect(urls[index], **connect) as conn:
+                row = conn.execute("SELECT %s::int FROM pg_sleep(%s)", (i, sleep_s)).fetchone()
+                assert row == (i,), row
+            served[index] += 1
+        except Exception as error:  # counted for the caller
+            errors[f"{type(error).__name__}: {str(error).strip()[:80]}"] += 1
+
+    started = time.monotonic()
+    with (peak_backends(direct_url, condition, params, every_s=0.02) as peak,
+          ThreadPoolExecutor(threads) as pool):  # fmt: skip
+        list(pool.map(client, range(clients)))
+    return Burst(peak[0], time.monotonic() - started, errors, served)

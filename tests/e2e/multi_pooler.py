@@ -18,7 +18,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import docker
@@ -31,7 +30,7 @@ from poolkit.outputs import Outputs
 from poolkit.peering import MIGRATE_SYSCTL, pooler_sysctls
 from poolkit.render import pgbouncer_peers, render_pgbouncer_ini
 from poolkit.sizing import plan
-from tests.backends import peak_backends
+from tests.backends import Burst, burst_clients
 from tests.conftest import free_ports
 
 from .engine_mocks import RUN_LABEL
@@ -113,22 +112,10 @@ def pgbouncer_pids(container: Any) -> dict[str, int]:
     return found
 
 
-def burst(stack: E2EStack, pooler: dict[str, Any]) -> tuple[int, Counter[str]]:
-    """``BURST_CLIENTS`` short-lived clients, 50 at once: (peak backends of the pooler, errors)."""
-    direct = stack.env()["DIRECT_URL"]
-    errors = Counter[str]()
-
-    def client(i: int) -> None:
-        try:
-            with psycopg.connect(pooler["url"]) as conn:
-                assert conn.execute("SELECT %s::int FROM pg_sleep(0.01)", (i,)).fetchone() == (i,)
-        except Exception as error:  # counted, shown below
-            errors[f"{type(error).__name__}: {str(error)[:60]}"] += 1
-
-    with (peak_backends(direct, "client_addr = %s", (pooler["address"],), every_s=0.02) as peak,
-          ThreadPoolExecutor(50) as pool):  # fmt: skip
-        list(pool.map(client, range(BURST_CLIENTS)))
-    return peak[0], errors
+def burst(stack: E2EStack, pooler: dict[str, Any]) -> Burst:
+    """``BURST_CLIENTS`` short-lived clients, 50 at once; the peak counts the pooler's backends."""
+    return burst_clients([pooler["url"]], BURST_CLIENTS, 50, stack.env()["DIRECT_URL"],
+                         "client_addr = %s", (pooler["address"],), sleep_s=0.01)
 
 
 def restart_one(pooler: dict[str, Any]) -> tuple[dict[str, int], dict[str, int], Counter[str]]:

@@ -16,10 +16,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
-from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ from poolkit.bench.scratch import ScratchBouncers
 from poolkit.local import detect_tools, service_user
 from poolkit.manifests import object_key
 from poolkit.render import SERVER_CA
-from tests.backends import peak_backends
+from tests.backends import burst_clients
 from tests.conftest import free_ports
 from tests.integration.test_external_postgres import (  # the fixture, not its tests
     ADMIN,
@@ -191,28 +188,15 @@ def test_burst_over_the_replicas_stays_within_the_budget_over_tls(fronted: Front
     assert share_line
     share, budget = int(share_line[1]), 6 + 2
     assert REPLICAS * share <= budget
-    errors, served = Counter[str](), Counter[int]()
-
-    def client(i: int) -> None:
-        port = fronted.ports[i % REPLICAS]
-        try:
-            with psycopg.connect(_pooled(fronted, port), connect_timeout=10) as conn:
-                assert conn.execute("SELECT %s::int FROM pg_sleep(0.02)", (i,)).fetchone() == (i,)
-            served[port] += 1
-        except Exception as error:  # counted, shown below
-            errors[f"{type(error).__name__}: {str(error).strip()[:80]}"] += 1
-
-    started = time.monotonic()
     # The admin role has pg_read_all_stats: it sees the app role's backends and their TLS.
-    with (peak_backends(_admin_url(fronted.server), "usename = 'app'", every_s=0.02) as peak,
-          ThreadPoolExecutor(CLIENT_THREADS) as pool):  # fmt: skip
-        list(pool.map(client, range(BURST_CLIENTS)))
-    took = time.monotonic() - started
+    done = burst_clients([_pooled(fronted, port) for port in fronted.ports], BURST_CLIENTS,
+                         CLIENT_THREADS, _admin_url(fronted.server), "usename = 'app'",
+                         connect_timeout=10)  # fmt: skip
     print(f"external Postgres, {REPLICAS} replicas x max_db_connections {share}: "
-          f"{BURST_CLIENTS} clients in {took:.1f} s, peak {peak[0]} app backends "
-          f"(max_connections {MAX_CONNECTIONS}), errors {dict(errors)}")  # fmt: skip
-    assert not errors and sum(served.values()) == BURST_CLIENTS
-    assert share < peak[0] <= REPLICAS * share
+          f"{BURST_CLIENTS} clients in {done.seconds:.1f} s, peak {done.peak} app backends "
+          f"(max_connections {MAX_CONNECTIONS}), errors {dict(done.errors)}")  # fmt: skip
+    assert not done.errors and sum(done.served.values()) == BURST_CLIENTS
+    assert share < done.peak <= REPLICAS * share
     with psycopg.connect(_pooled(fronted, fronted.ports[0])) as pooled:
         pid = pooled.execute("SELECT pg_backend_pid()").fetchone()
         with psycopg.connect(_admin_url(fronted.server)) as admin:

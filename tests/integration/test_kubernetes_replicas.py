@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,7 +30,7 @@ from poolkit.local import detect_tools
 from poolkit.local.machine import service_user
 from poolkit.manifests import pgbouncer_files
 from poolkit.sizing import plan
-from tests.backends import peak_backends
+from tests.backends import burst_clients
 from tests.conftest import LocalStack, free_ports, local_stack_running
 
 pytestmark = pytest.mark.integration
@@ -116,29 +115,18 @@ def test_burst_over_the_replicas_stays_within_the_budget(replicas: Replicas) -> 
     env = replicas.stack.env()
     pooled, direct = env["POOLED_DATABASE_URL"], env["DIRECT_URL"]
     app_user = conninfo_to_dict(pooled)["user"]
-    errors, served = Counter[str](), Counter[int]()
-
-    def client(i: int) -> None:
-        port = replicas.ports[i % REPLICAS]  # the Service's spreading, round-robin
-        try:
-            with psycopg.connect(_at(pooled, port), connect_timeout=10) as conn:
-                assert conn.execute("SELECT %s::int FROM pg_sleep(0.02)", (i,)).fetchone() == (i,)
-            served[port] += 1
-        except Exception as error:  # counted, shown below
-            errors[f"{type(error).__name__}: {str(error).strip()[:80]}"] += 1
-
-    started = time.monotonic()
-    with (peak_backends(direct, "usename = %s", (app_user,), every_s=0.02) as peak,
-          ThreadPoolExecutor(CLIENT_THREADS) as pool):  # fmt: skip
-        list(pool.map(client, range(BURST_CLIENTS)))
-    took = time.monotonic() - started
+    # The Service's spreading, round-robin over the replicas.
+    done = burst_clients([_at(pooled, port) for port in replicas.ports], BURST_CLIENTS,
+                         CLIENT_THREADS, direct, "usename = %s", (app_user,),
+                         connect_timeout=10)  # fmt: skip
     print(f"{REPLICAS} replicas x max_db_connections {replicas.share} (budget {replicas.budget}): "
-          f"{BURST_CLIENTS} clients in {took:.1f} s, peak {peak[0]} backends of {app_user}, "
-          f"served per replica {dict(served)}, errors {dict(errors)}")  # fmt: skip
-    assert not errors
-    assert sorted(served.values()) == [BURST_CLIENTS // REPLICAS] * 2 + [
+          f"{BURST_CLIENTS} clients in {done.seconds:.1f} s, peak {done.peak} backends of "
+          f"{app_user}, served per replica {dict(done.served)}, "
+          f"errors {dict(done.errors)}")  # fmt: skip
+    assert not done.errors
+    assert sorted(done.served.values()) == [BURST_CLIENTS // REPLICAS] * 2 + [
         BURST_CLIENTS - 2 * (BURST_CLIENTS // REPLICAS)]
-    assert replicas.share < peak[0] <= replicas.budget
+    assert replicas.share < done.peak <= replicas.budget
 
 
 def test_one_replica_under_load_opens_its_share_and_no_more(replicas: Replicas) -> None:

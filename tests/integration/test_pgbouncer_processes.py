@@ -16,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -29,7 +28,7 @@ from poolkit.local.exporters import KIT_BIN
 from poolkit.local.pgbouncer import DRAIN_TIMEOUT_S, MIGRATE_HINT, migrates_queued_connections
 from poolkit.peering import MIGRATE_SYSCTL
 from poolkit.split import PEERING_SINCE
-from tests.backends import peak_backends
+from tests.backends import burst_clients
 from tests.conftest import LocalStack, free_ports, local_stack_running
 from tests.integration.series import REPLAY_INTERVAL_S, Expect, Recorder, Target, promtool_test
 
@@ -105,25 +104,13 @@ def test_burst_of_short_lived_clients_stays_within_the_budget(stack: LocalStack)
     budget = int(env["PGBOUNCER_SERVER_BUDGET"])
     pooled, direct = env["POOLED_DATABASE_URL"], env["DIRECT_URL"]
     app_user = conninfo_to_dict(pooled)["user"]
-    errors = Counter[str]()
-
-    def client(i: int) -> None:
-        try:
-            with psycopg.connect(pooled, **_pooled_kwargs(stack)) as conn:  # type: ignore[arg-type]
-                row = conn.execute("SELECT %s::int FROM pg_sleep(0.02)", (i,)).fetchone()
-                assert row == (i,)
-        except Exception as error:  # counted, shown below
-            errors[type(error).__name__] += 1
-
-    started = time.monotonic()
-    with (peak_backends(direct, "usename = %s", (app_user,), every_s=0.02) as peak,
-          ThreadPoolExecutor(CLIENT_THREADS) as pool):  # fmt: skip
-        list(pool.map(client, range(BURST_CLIENTS)))
-    took = time.monotonic() - started
-    print(f"{_processes(stack)} processes: {BURST_CLIENTS} clients in {took:.1f} s, "
-          f"peak {peak[0]} backends of {app_user} (budget {budget}), errors {dict(errors)}")
-    assert not errors
-    assert 1 <= peak[0] <= budget
+    done = burst_clients([pooled], BURST_CLIENTS, CLIENT_THREADS, direct, "usename = %s",
+                         (app_user,), **_pooled_kwargs(stack))  # fmt: skip
+    print(f"{_processes(stack)} processes: {BURST_CLIENTS} clients in {done.seconds:.1f} s, "
+          f"peak {done.peak} backends of {app_user} (budget {budget}), "
+          f"errors {dict(done.errors)}")  # fmt: skip
+    assert not done.errors
+    assert 1 <= done.peak <= budget
 
 
 def test_cancel_delivered_to_another_process_cancels_the_query(stack: LocalStack) -> None:
