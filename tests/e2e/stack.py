@@ -13,6 +13,8 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,8 +34,11 @@ from tests.conftest import free_ports
 from tests.pulumi.harness import PROJECT, as_pulumi_config, reset_runtime
 from tests.pulumi.harness import run_program as run_main
 
+from .conftest import FIGURES
 from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup
 
+NOTHING_LEFT = {"containers": [], "networks": [], "volumes": []}
+SUBPROCESS_TIMEOUT_S = 240
 LAMBDA_APP, WORKERS_APP = "orders", "edge"
 TS_LAMBDA_APP, TS_WORKERS_APP = "ts-orders", "ts-edge"
 """The same two styles in TypeScript (apps/ts, ``runtime: node``), in the ``node`` stack."""
@@ -197,6 +202,35 @@ def bring_up(stack: E2EStack, build_cache: bool = True) -> None:
         stack.passwords = dict(mocks.passwords)
     write_private(stack.env_file, stack.outputs[Outputs.ENV_FILE])
     write_ca(stack.outputs)  # where the .env URLs' sslrootcert expects it (TLS stacks only)
+
+
+@contextmanager
+def brought_up(stack: E2EStack, figures: str) -> Iterator[E2EStack]:
+    """The stack up for the block (a module fixture's body), then torn down whatever happened,
+    with nothing left behind (checked); its timings go to ``FIGURES[figures]``, failed or not."""
+    try:
+        bring_up(stack)
+        yield stack
+    finally:
+        FIGURES[figures] = stack.timings
+        left = stack.tear_down()
+        assert left == NOTHING_LEFT, f"left behind by run {stack.run_id}: {left}"
+
+
+def assert_smoke_passes(stack: E2EStack, figures: str) -> None:
+    """``poolkit smoke --json`` on the stack's env file exits 0 with every check ok, the direct
+    and pooled ones among them; the checks' seconds go to ``FIGURES[figures]``."""
+    command = [sys.executable, "-m", "poolkit", "smoke", "--env-file", str(stack.env_file),
+               "--json"]  # fmt: skip
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False,
+                          timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert report["ok"] and not failed, failed
+    names = {c["name"] for c in report["checks"]}
+    assert {"direct.connect", "pooled.connect", "pooled.pool_mode", "pooled.burst"} <= names, names
+    FIGURES.setdefault(figures, {}).update({c["name"]: c["seconds"] for c in report["checks"]})
 
 
 def update(stack: E2EStack, config: dict[str, Any], secret_keys: tuple[str, ...] = (),

@@ -13,10 +13,7 @@ where the server check, the init SQL and ``DIRECT_URL`` run from.
 from __future__ import annotations
 
 import io
-import json
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -36,10 +33,18 @@ from poolkit.outputs import Outputs
 from tests.integration.test_external_postgres import make_ca_and_server_cert
 from tests.pulumi.harness import PROJECT
 
-from .conftest import BASE_IMAGE, FIGURES
+from .conftest import BASE_IMAGE
 from .engine_mocks import RUN_LABEL, DockerEngineMocks, cleanup
-from .stack import LAMBDA_APP, E2EStack, bring_up, new_stack, run_program
-from .test_docker_stack import NOTHING_LEFT, SUBPROCESS_TIMEOUT_S, http_json
+from .stack import (
+    LAMBDA_APP,
+    NOTHING_LEFT,
+    E2EStack,
+    assert_smoke_passes,
+    brought_up,
+    new_stack,
+    run_program,
+)
+from .test_docker_stack import http_json
 
 pytestmark = pytest.mark.e2e
 
@@ -168,13 +173,8 @@ def byo_stack(client: docker.DockerClient, server: Server, **pgbouncer: Any) -> 
 @pytest.fixture(scope="module")
 def stack(client: docker.DockerClient, server: Server) -> Iterator[E2EStack]:
     stack = byo_stack(client, server)
-    try:
-        bring_up(stack)
+    with brought_up(stack, f"e2e external-Postgres stack {stack.name}: seconds"):
         yield stack
-    finally:
-        FIGURES[f"e2e external-Postgres stack {stack.name}: seconds"] = stack.timings
-        left = stack.tear_down()
-        assert left == NOTHING_LEFT, f"left behind by run {stack.run_id}: {left}"
 
 
 def test_the_server_takes_only_tls_and_the_admin_is_no_superuser(server: Server) -> None:
@@ -214,17 +214,7 @@ def test_smoke_passes_with_verify_full_to_the_server(stack: E2EStack, server: Se
     direct = conninfo_to_dict(stack.env()["DIRECT_URL"])
     assert (direct["host"], direct["sslmode"], direct["sslrootcert"]) == (
         server.host, "verify-full", str(server.ca))
-    command = [sys.executable, "-m", "poolkit", "smoke", "--env-file", str(stack.env_file),
-               "--json"]  # fmt: skip
-    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False,
-                          timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout)
-    assert report["ok"], [c for c in report["checks"] if not c["ok"]]
-    names = {c["name"] for c in report["checks"]}
-    assert {"direct.connect", "pooled.connect", "pooled.pool_mode", "pooled.burst"} <= names
-    FIGURES.setdefault("poolkit smoke against an external Postgres (Docker): seconds", {}).update(
-        {c["name"]: c["seconds"] for c in report["checks"]})
+    assert_smoke_passes(stack, "poolkit smoke against an external Postgres (Docker): seconds")
 
 
 def test_pgbouncers_server_connections_are_tls(stack: E2EStack, server: Server) -> None:

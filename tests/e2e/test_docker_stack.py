@@ -41,10 +41,13 @@ from .conftest import FIGURES
 from .engine_mocks import RUN_LABEL
 from .stack import (
     LAMBDA_APP,
+    NOTHING_LEFT,
+    SUBPROCESS_TIMEOUT_S,
     TS_LAMBDA_APP,
     TS_WORKERS_APP,
     WORKERS_APP,
     E2EStack,
+    assert_smoke_passes,
     bring_up,
     new_stack,
     write_timings,
@@ -59,8 +62,6 @@ ROLES = ("postgres", "pgbouncer", *APPS)
 CONCURRENT_REQUESTS = 50
 BURST_REQUESTS = 500
 """The Workers burst of issue 17: each request a new PgBouncer client."""
-SUBPROCESS_TIMEOUT_S = 240
-NOTHING_LEFT = {"containers": [], "networks": [], "volumes": []}
 CONTAINER_CHECKS = {
     "test_server_is_pid_1_as_the_postgres_user", "test_no_process_in_the_container_runs_as_root",
     "test_listening_socket_belongs_to_the_server_user",
@@ -226,18 +227,7 @@ def test_infra_suite_passes_inside_the_container(
 
 
 def test_smoke_passes_against_the_env_file(stack: E2EStack) -> None:
-    command = [sys.executable, "-m", "poolkit", "smoke", "--env-file", str(stack.env_file),
-               "--json"]  # fmt: skip
-    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False,
-                          timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout)
-    failed = [c for c in report["checks"] if not c["ok"]]
-    assert report["ok"] and not failed, failed
-    names = {c["name"] for c in report["checks"]}
-    assert {"direct.connect", "pooled.connect", "pooled.pool_mode", "pooled.burst"} <= names
-    FIGURES.setdefault("poolkit smoke against the Docker stack: seconds", {}).update(
-        {c["name"]: c["seconds"] for c in report["checks"]})
+    assert_smoke_passes(stack, "poolkit smoke against the Docker stack: seconds")
 
 
 @pytest.mark.parametrize("app", APPS)

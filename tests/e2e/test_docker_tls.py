@@ -30,8 +30,16 @@ from tests.pulumi.harness import PROJECT
 from tests.security.helpers import presented_serial, with_params
 
 from .conftest import FIGURES
-from .stack import LAMBDA_APP, TLS_ADDRESS, E2EStack, bring_up, new_stack, update
-from .test_docker_stack import NOTHING_LEFT, SUBPROCESS_TIMEOUT_S, container_ip, http_json
+from .stack import (
+    LAMBDA_APP,
+    SUBPROCESS_TIMEOUT_S,
+    TLS_ADDRESS,
+    E2EStack,
+    brought_up,
+    new_stack,
+    update,
+)
+from .test_docker_stack import container_ip, http_json
 
 pytestmark = pytest.mark.e2e
 CONNECTS = 25
@@ -42,13 +50,8 @@ SERVER_URLS = ("POOLED_DATABASE_URL", "DIRECT_URL", "PGBOUNCER_STATS_URL")
 @pytest.fixture(scope="module")
 def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
     stack = new_stack(client, tls=True)
-    try:
-        bring_up(stack)
+    with brought_up(stack, f"e2e TLS stack {stack.name}: seconds"):
         yield stack
-    finally:
-        FIGURES[f"e2e TLS stack {stack.name}: seconds"] = stack.timings
-        left = stack.tear_down()
-        assert left == NOTHING_LEFT, f"left behind by run {stack.run_id}: {left}"
 
 
 def _connect(url: str) -> psycopg.Connection:
