@@ -17,13 +17,14 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from poolkit import external
-from poolkit.config import ConfigError, ExternalPostgres, Problem, StackConfig, parse_stack
+from poolkit.config import Problem, StackConfig, parse_stack
 from poolkit.envfile import parse_env
 from poolkit.layouts import docker_layout
 from poolkit.outputs import Outputs
 from poolkit.render import render_external_init_sql, render_pgbouncer_ini
 from poolkit.sizing import Plan, plan
 
+from .external_server import ADMIN_KEY, ADMIN_PASSWORD, CA_PEM, Recorder, write_ca_file
 from .harness import IMAGE, VOLUME, Deployment, deploy, is_secret
 from .test_program import secrets_of, uploads
 
@@ -31,36 +32,13 @@ pytestmark = pytest.mark.pulumi
 
 STACK = "byo"
 EXTERNAL_TYPE = "pulumi-python:dynamic/poolkit:ExternalDatabase"
-ADMIN_KEY = "poolkit:external_admin_password"
-ADMIN_PASSWORD = "admin-password-of-the-test"
-CA_PEM = "-----BEGIN CERTIFICATE-----\nthe provider's CA\n-----END CERTIFICATE-----\n"
 NETWORK = "other-project_default"
 
 
-class Recorder:
-    """Stands in for the server: records the check (and how many resources existed then) and
-    each run of the init SQL; raises the given problems from the check."""
-
-    def __init__(self, *problems: Problem) -> None:
-        self.problems = list(problems)
-        self.checks: list[tuple[str | None, int]] = []
-        self.applied: list[tuple[str, str, str, str | None]] = []
-
-    def check(self, stack: StackConfig, _plan: Plan, password: str | None) -> None:
-        self.checks.append((password, len(deploy.last_monitor.registered)))  # type: ignore[attr-defined]
-        if self.problems:
-            raise ConfigError(self.problems)
-
-    def apply(self, server: ExternalPostgres, password: str, sql: str, ca_pem: str | None
-              ) -> None:  # fmt: skip
-        self.applied.append((server.host, password, sql, ca_pem))
-
-
 def _config(tmp_path: Path, **external_keys: Any) -> dict[str, Any]:
-    ca_file = tmp_path / "provider-ca.pem"
-    ca_file.write_text(CA_PEM)
     server = {"host": "db.example.com", "port": 5433, "admin_user": "byo_admin",
-              "ca_file": str(ca_file), "network": NETWORK, **external_keys}  # fmt: skip
+              "ca_file": str(write_ca_file(tmp_path)), "network": NETWORK,
+              **external_keys}  # fmt: skip
     return {"poolkit:postgres": {"cpus": 2, "external": server},
             "poolkit:pgbouncer": {"port": 16432},
             "poolkit:apps": [{"name": "orders", "style": "lambda", "instances": 4,
@@ -75,10 +53,7 @@ def _model(config: dict[str, Any]) -> tuple[StackConfig, Plan]:
 
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    recorder = Recorder()
-    monkeypatch.setattr(external, "check", recorder.check)
-    monkeypatch.setattr(external, "apply_init_sql", recorder.apply)
-    return recorder
+    return Recorder().install(monkeypatch)
 
 
 @pytest.fixture

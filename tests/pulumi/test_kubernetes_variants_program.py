@@ -19,16 +19,17 @@ from cryptography import x509
 from psycopg.conninfo import conninfo_to_dict
 
 from poolkit import external
-from poolkit.config import ConfigError, ExternalPostgres, Problem, StackConfig, parse_stack
+from poolkit.config import Problem, parse_stack
 from poolkit.envfile import parse_env
 from poolkit.manifests import KUBERNETES_VERSION, Material, object_key, objects
 from poolkit.outputs import Outputs
 from poolkit.pulumi_external import ExternalDatabaseProvider
 from poolkit.render import render_external_init_sql
-from poolkit.sizing import Plan, plan
+from poolkit.sizing import plan
 from poolkit.tls import ServerTls, names_of
 from tests.dynamic_resources import plain
 
+from .external_server import ADMIN_KEY, ADMIN_PASSWORD, CA_PEM, Recorder, write_ca_file
 from .harness import KUBERNETES, Deployment, deploy, is_secret, only_secrets_hold
 from .harness import stack_file_config as file_config
 from .test_program import secrets_of
@@ -39,9 +40,6 @@ STACK = "k8s"
 CA_TYPE = "pulumi-python:dynamic/poolkit:GeneratedCa"
 SERVER_TYPE = "pulumi-python:dynamic/poolkit:ServerCertificate"
 EXTERNAL_TYPE = "pulumi-python:dynamic/poolkit:ExternalDatabase"
-ADMIN_KEY = "poolkit:external_admin_password"
-ADMIN_PASSWORD = "admin-password-of-the-test"
-CA_PEM = "-----BEGIN CERTIFICATE-----\nthe provider's CA\n-----END CERTIFICATE-----\n"
 TLS = {"poolkit:pgbouncer": {"replicas": 3, "client_tls": True, "server_tls": True},
        "poolkit:tls": {"names": ["db.example.com"]},
        "poolkit:kubernetes": {"namespace": "poolkit-k8s",
@@ -101,40 +99,17 @@ def test_tls_env_verifies_pgbouncer_with_the_pod_s_ca_file(with_tls) -> None:
             "pgbouncer.poolkit-k8s.svc", "verify-full", "/etc/poolkit/tls-ca.crt"), key
 
 
-class Recorder:
-    """Stands for the server: records the program's check and the provider's init SQL."""
-
-    def __init__(self, problem: Problem | None = None) -> None:
-        self.problem = problem
-        self.checks: list[tuple[str | None, int]] = []
-        self.applied: list[tuple[str, str, str, str | None]] = []
-
-    def check(self, _stack: StackConfig, _plan: Plan, password: str | None) -> None:
-        registered = deploy.last_monitor.registered  # type: ignore[attr-defined]
-        self.checks.append((password, len(registered)))
-        if self.problem:
-            raise ConfigError([self.problem])
-
-    def apply(self, server: ExternalPostgres, password: str, sql: str, ca_pem: str | None
-              ) -> None:  # fmt: skip
-        self.applied.append((server.host, password, sql, ca_pem))
-
-
 def _external_config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    ca_file = tmp_path / "provider-ca.pem"
-    ca_file.write_text(CA_PEM)
     return {**file_config(STACK), "poolkit:postgres": {
         "cpus": 2, "external": {"host": "db.example.com", "port": 5433, "admin_user": "byo_admin",
-                                "ca_file": str(ca_file), "max_connections": 100}},
+                                "ca_file": str(write_ca_file(tmp_path)), "max_connections": 100}},
             ADMIN_KEY: ADMIN_PASSWORD, **extra}  # fmt: skip
 
 
 def test_external_postgres_is_checked_first_then_prepared_and_fronted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recorder = Recorder()
-    monkeypatch.setattr(external, "check", recorder.check)
-    monkeypatch.setattr(external, "apply_init_sql", recorder.apply)
+    recorder = Recorder().install(monkeypatch)
     config = _external_config(tmp_path)
     deployed = deploy(STACK, config, secret_keys=(ADMIN_KEY,))
     stack, sized = _model({k: v for k, v in config.items() if k != ADMIN_KEY})
