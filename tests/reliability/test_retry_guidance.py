@@ -8,6 +8,7 @@ arrives. Each test says which gap of the retry guidance it covers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -40,6 +41,16 @@ def _client(stack: LocalStack, proxy: BreakingProxy) -> Retrying:
     return Retrying(stack.env()["POOLED_DATABASE_URL"], port=proxy.port, prepare_threshold=None)
 
 
+def _insert_once(stack: LocalStack, proxy: BreakingProxy, table: str,
+                 writer: int) -> tuple[Retrying, bool, UUID]:  # fmt: skip
+    """One ``insert_once`` of a fresh key through the proxy: (the client, inserted now, key)."""
+    key = new_key()
+    with _client(stack, proxy) as db:
+        inserted_now = db.run(lambda c: insert_once(c, INSERT.format(table=table),
+                                                    (key, writer, 0)))  # fmt: skip
+    return db, inserted_now, key
+
+
 def _rows(stack: LocalStack, table: str, where: str = "true") -> int:
     with psycopg.connect(stack.env()["DIRECT_URL"]) as conn:
         return conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
@@ -49,10 +60,8 @@ def test_lost_commit_ack_is_resolved_by_the_idempotency_key(
     local_stack: LocalStack, proxy: BreakingProxy, table: str
 ) -> None:
     """COMMIT ran, its acknowledgement was lost: the retry finds the row, writes nothing."""
-    key = new_key()
     trap = proxy.arm(b"COMMIT", answer=True)
-    with _client(local_stack, proxy) as db:
-        inserted_now = db.run(lambda c: insert_once(c, INSERT.format(table=table), (key, 1, 0)))
+    db, inserted_now, key = _insert_once(local_stack, proxy, table, writer=1)
     assert trap.fired.is_set() and trap.answered.is_set()
     assert db.stats.ambiguous_commits == 1 and db.stats.reconnects == 1
     assert inserted_now is False, "the retry must see the first attempt's committed row"
@@ -75,10 +84,8 @@ def test_break_before_commit_is_retried_and_writes_once(
     local_stack: LocalStack, proxy: BreakingProxy, table: str
 ) -> None:
     """The INSERT never reached the server: a plain retry, not an ambiguous commit."""
-    key = new_key()
     trap = proxy.arm(b"INSERT INTO", answer=False)
-    with _client(local_stack, proxy) as db:
-        inserted_now = db.run(lambda c: insert_once(c, INSERT.format(table=table), (key, 3, 0)))
+    db, inserted_now, key = _insert_once(local_stack, proxy, table, writer=3)
     assert trap.fired.is_set()
     assert (db.stats.ambiguous_commits, db.stats.retries) == (0, 1)
     assert inserted_now is True
