@@ -8,8 +8,9 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 
@@ -41,7 +42,31 @@ class Verdict:
     """In the table but never acknowledged (a write still in flight when the load stopped)."""
 
 
-class WriteLoad:
+class _Clients:
+    """``count`` daemon threads running ``client(i)`` until ``stop``: started on entering the
+    block, stopped on leaving it."""
+
+    def __init__(self, client: Callable[[int], None], count: int) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=client, args=(i,), daemon=True)
+                         for i in range(count)]  # fmt: skip
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(JOIN_TIMEOUT_S)
+
+
+class WriteLoad(_Clients):
     """``writers`` threads inserting through the pooled URL with ``poolkit.retry.Retrying``.
 
     Each write has a client-generated key; a key is recorded as acknowledged only once
@@ -57,23 +82,10 @@ class WriteLoad:
         """``time.monotonic()`` of each acknowledgement, in order."""
         self.failures: list[str] = []
         self.stats: list[RetryStats] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._write, args=(i,), daemon=True)
-                         for i in range(writers)]  # fmt: skip
-
-    def __enter__(self) -> WriteLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
+        super().__init__(self._write, writers)
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(JOIN_TIMEOUT_S)
+        super().stop()
         assert not any(t.is_alive() for t in self._threads), "a writer did not stop"
 
     def acked_count(self) -> int:
@@ -144,32 +156,20 @@ class Latencies:
                 "max_ms": round(ordered[-1] * 1000, 1) if ordered else None}  # fmt: skip
 
 
-class PlainLoad:
+class PlainLoad(_Clients):
     """``clients`` threads, each holding one pooled connection (Lambda style) and running short
     write transactions in a loop, with no retry at all: any error is a dropped client."""
 
     def __init__(self, pooled_url: str, table: str, clients: int = 8) -> None:
         self.url, self.table = pooled_url, table
         self.result = Latencies()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._ready = threading.Barrier(clients + 1, timeout=30)
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
-                         for i in range(clients)]  # fmt: skip
+        super().__init__(self._client, clients)
 
-    def __enter__(self) -> PlainLoad:
-        for thread in self._threads:
-            thread.start()
-        self._ready.wait()
+    def __enter__(self) -> Self:
+        super().__enter__()
+        self._ready.wait()  # every client connected
         return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(JOIN_TIMEOUT_S)
 
     def count(self) -> int:
         with self._lock:
