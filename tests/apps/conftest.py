@@ -45,8 +45,7 @@ from tests.conftest import (
     REPO_ROOT,
     LocalStack,
     free_ports,
-    start_local_stack,
-    stop_local_stack,
+    local_stack_running,
 )
 
 ADAPTER_START_S = 15.0
@@ -238,11 +237,9 @@ def own_stack(ts_apps: None) -> Iterator[AppStack]:
     """A stack for this module alone: tests may stop its PgBouncer. Its one sample app is the
     TypeScript Workers app (``runtime: node``), which the runner starts under its supervisor."""
     ts_app = {"name": "ts", "style": "workers", "runtime": "node", "instances": 2}
-    local = start_local_stack("poolkit-apps-", "apps", with_apps=False, extra_apps=[ts_app])
-    try:
+    with local_stack_running("poolkit-apps-", "apps", with_apps=False,
+                             extra_apps=[ts_app]) as local:  # fmt: skip
         yield AppStack.of(local)
-    finally:
-        stop_local_stack(local)
 
 
 @dataclass

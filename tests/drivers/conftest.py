@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LocalStack, start_local_stack, stop_local_stack
+from tests.conftest import LocalStack, local_stack_running
 from tests.drivers import harness
 
 DISTRIBUTION_PGBOUNCER = Path("/usr/sbin/pgbouncer")
@@ -29,15 +29,12 @@ def control_stack() -> Iterator[LocalStack]:
     if not DISTRIBUTION_PGBOUNCER.is_file():
         pytest.fail(f"{DISTRIBUTION_PGBOUNCER} missing: apt-get install -y pgbouncer "
                     "(scripts/bootstrap installs it)", pytrace=False)  # fmt: skip
-    stack = start_local_stack(
+    with local_stack_running(
         "poolkit-control-", "control", with_apps=False,
         env={"POOLKIT_PGBOUNCER": str(DISTRIBUTION_PGBOUNCER),
              "POOLKIT_ALLOW_NO_PREPARED_STATEMENTS": "1"},
-    )  # fmt: skip
-    try:
+    ) as stack:  # fmt: skip
         yield stack
-    finally:
-        stop_local_stack(stack)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

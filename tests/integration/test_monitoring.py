@@ -29,7 +29,7 @@ from poolkit.envfile import read_env
 from poolkit.local.exporters import KIT_BIN, binary
 from poolkit.secrets import STATS_USER, load
 from poolkit.urls import postgres_url
-from tests.conftest import LocalStack, free_ports, start_local_stack, stop_local_stack
+from tests.conftest import LocalStack, free_ports, local_stack_running
 from tests.integration.series import (
     REPLAY_INTERVAL_S,
     Expect,
@@ -62,17 +62,14 @@ def stack() -> Iterator[LocalStack]:
     taken: set[int] = set()
     # 8 ports: validation keeps a derived process count's largest exporter range free.
     bouncer_port, postgres_port = free_ports(8, taken), free_ports(1, taken)
-    started = start_local_stack(
+    with local_stack_running(
         "poolkit-monitoring-", "monitoring", with_apps=False,
         pgbouncer={"default_pool_size": POOL, "reserve_pool_size": 0,
                    "query_wait_timeout": QUERY_WAIT_TIMEOUT},
         monitoring={"exporters": True, "pgbouncer_exporter_port": bouncer_port,
                     "postgres_exporter_port": postgres_port},
-    )  # fmt: skip
-    try:
+    ) as started:  # fmt: skip
         yield started
-    finally:
-        stop_local_stack(started)
 
 
 def targets(stack: LocalStack) -> list[Target]:

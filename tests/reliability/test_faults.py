@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from poolkit import console
-from tests.conftest import LocalStack, start_local_stack, stop_local_stack
+from tests.conftest import LocalStack, local_stack_running
 from tests.reliability.load import WriteLoad, create_table
 
 pytestmark = pytest.mark.integration
@@ -29,11 +29,8 @@ SUPERVISOR_GRACE_S = 1.2
 @pytest.fixture
 def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     name = request.node.name.replace("_", "-")[5:30].strip("-")
-    stack = start_local_stack(f"poolkit-{name}-", name, with_apps=False)
-    try:
+    with local_stack_running(f"poolkit-{name}-", name, with_apps=False) as stack:
         yield stack
-    finally:
-        stop_local_stack(stack)
 
 
 def _first_query_after(started: float, url: str, limit: float) -> float:

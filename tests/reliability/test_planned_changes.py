@@ -18,9 +18,8 @@ from poolkit import console
 from poolkit.local import Host, Paths, Postgres, service_user
 from tests.conftest import (
     LocalStack,
+    local_stack_running,
     run_cli,
-    start_local_stack,
-    stop_local_stack,
     write_stack_file,
 )
 from tests.reliability.load import PlainLoad, create_table
@@ -34,12 +33,9 @@ each process's default_pool_size goes from 2 to 4, and the process count stays."
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    stack = start_local_stack("poolkit-planned-", "planned", with_apps=False)
-    create_table(stack.env()["DIRECT_URL"], "ticks")
-    try:
+    with local_stack_running("poolkit-planned-", "planned", with_apps=False) as stack:
+        create_table(stack.env()["DIRECT_URL"], "ticks")
         yield stack
-    finally:
-        stop_local_stack(stack)
 
 
 def _wait_count(load: PlainLoad, more: int, timeout: float = 15) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import LocalStack, run_cli, start_local_stack, stop_local_stack
+from tests.conftest import LocalStack, local_stack_running, run_cli
 from tests.security.helpers import command_lines, leaks
 
 pytestmark = pytest.mark.integration
@@ -24,11 +24,8 @@ ENV = {"POOLKIT_APP_PASSWORD": APP, "POOLKIT_MIGRATOR_PASSWORD": MIGRATOR}
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    stack = start_local_stack("poolkit-passwords-", "passwords", with_apps=False)
-    try:
+    with local_stack_running("poolkit-passwords-", "passwords", with_apps=False) as stack:
         yield stack
-    finally:
-        stop_local_stack(stack)
 
 
 def _line_counts(stack: LocalStack) -> dict[str, int]:

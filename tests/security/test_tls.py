@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from poolkit import console, tls
 from poolkit.render import TLS_CERT, TLS_KEY
-from tests.conftest import LocalStack, run_cli, start_local_stack, stop_local_stack
+from tests.conftest import LocalStack, local_stack_running, run_cli
 from tests.security.helpers import presented_serial, with_params
 
 pytestmark = pytest.mark.integration
@@ -24,13 +24,10 @@ ADDRESS = "127.0.0.2"
 
 @pytest.fixture(scope="module")
 def tls_stack() -> Iterator[LocalStack]:
-    stack = start_local_stack("poolkit-tls-", "tls", with_apps=False,
-                              pgbouncer={"client_tls": True, "server_tls": True,
-                                         "publish_address": ADDRESS})  # fmt: skip
-    try:
+    with local_stack_running("poolkit-tls-", "tls", with_apps=False,
+                             pgbouncer={"client_tls": True, "server_tls": True,
+                                        "publish_address": ADDRESS}) as stack:  # fmt: skip
         yield stack
-    finally:
-        stop_local_stack(stack)
 
 
 def test_pooled_urls_verify_full_on_the_published_address(tls_stack: LocalStack) -> None:
