@@ -205,14 +205,23 @@ def bring_up(stack: E2EStack, build_cache: bool = True) -> None:
 
 
 @contextmanager
-def brought_up(stack: E2EStack, figures: str) -> Iterator[E2EStack]:
+def brought_up(stack: E2EStack, figures: str | None, *, build_cache: bool = True,
+               timings_naming: tuple[str, ...] = (),
+               timings_file: Path | None = None) -> Iterator[E2EStack]:
     """The stack up for the block (a module fixture's body), then torn down whatever happened,
-    with nothing left behind (checked); its timings go to ``FIGURES[figures]``, failed or not."""
+    with nothing left behind (checked). Its timings, failed or not, go to ``FIGURES[figures]``
+    (none with ``figures=None``; only those whose name holds a word of ``timings_naming``, if
+    given) and, with ``timings_file``, to that file (``write_timings``)."""
     try:
-        bring_up(stack)
+        bring_up(stack, build_cache=build_cache)
         yield stack
     finally:
-        FIGURES[figures] = stack.timings
+        if figures is not None:
+            FIGURES[figures] = {name: seconds for name, seconds in stack.timings.items()
+                                if not timings_naming
+                                or any(word in name for word in timings_naming)}  # fmt: skip
+        if timings_file is not None:
+            write_timings(stack, timings_file)
         left = stack.tear_down()
         assert left == NOTHING_LEFT, f"left behind by run {stack.run_id}: {left}"
 

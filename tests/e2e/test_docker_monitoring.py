@@ -29,9 +29,8 @@ from poolkit.sizing import plan
 from tests.conftest import free_ports
 from tests.integration.series import scrape
 
-from .conftest import FIGURES
 from .multi_pooler import _tar, _userlist, pgbouncer_pids
-from .stack import E2EStack, bring_up, new_stack
+from .stack import E2EStack, brought_up, new_stack
 
 pytestmark = pytest.mark.e2e
 PROCESSES = 2
@@ -48,14 +47,9 @@ def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
         "exporters": True, "pgbouncer_exporter_port": free_ports(PROCESSES),
         "postgres_exporter_port": free_ports(1)}  # fmt: skip
     stack.stack_file.write_text(yaml.safe_dump({"config": stack.config}, sort_keys=False))
-    try:
-        bring_up(stack)
+    with brought_up(stack, f"Docker monitoring stack {stack.name}: seconds",
+                    timings_naming=("exporter", "program")):  # fmt: skip
         yield stack
-    finally:
-        FIGURES[f"Docker monitoring stack {stack.name}: seconds"] = {
-            k: v for k, v in stack.timings.items() if "exporter" in k or "program" in k}
-        left = stack.tear_down()
-        assert left == {"containers": [], "networks": [], "volumes": []}, left
 
 
 def urls(stack: E2EStack) -> dict[str, str]:

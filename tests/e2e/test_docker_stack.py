@@ -48,9 +48,8 @@ from .stack import (
     WORKERS_APP,
     E2EStack,
     assert_smoke_passes,
-    bring_up,
+    brought_up,
     new_stack,
-    write_timings,
 )
 
 pytestmark = pytest.mark.e2e
@@ -86,16 +85,11 @@ tests/infra/container_checks.py); the suite may hold more."""
 def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
     """The stack, up and healthy; always torn down, and the tear-down checked."""
     stack = new_stack(client, node=True)
-    try:
-        bring_up(stack, build_cache=BUILD_CACHE)
+    cache = "with the build cache: cold on a first run" if BUILD_CACHE else "no cache"
+    title = f"e2e stack {stack.name}: seconds (image builds {cache}, run in parallel)"
+    with brought_up(stack, title, build_cache=BUILD_CACHE,
+                    timings_file=LOG_DIR / "e2e-timings.json"):  # fmt: skip
         yield stack
-    finally:
-        cache = "with the build cache: cold on a first run" if BUILD_CACHE else "no cache"
-        FIGURES[f"e2e stack {stack.name}: seconds (image builds {cache}, run in parallel)"] = (
-            stack.timings)
-        write_timings(stack, LOG_DIR / "e2e-timings.json")
-        left = stack.tear_down()
-        assert left == NOTHING_LEFT, f"left behind by run {stack.run_id}: {left}"
 
 
 def passwords(stack: E2EStack) -> set[str]:

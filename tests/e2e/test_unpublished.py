@@ -19,7 +19,7 @@ from poolkit.layouts import STACK_LABEL
 from poolkit.outputs import Outputs
 
 from .engine_mocks import RUN_LABEL
-from .stack import E2EStack, bring_up, new_stack
+from .stack import E2EStack, brought_up, new_stack
 
 pytestmark = pytest.mark.e2e
 ALL_CHECKS = {"direct.connect", "direct.advisory_lock", "direct.listen_notify", "pooled.connect",
@@ -31,12 +31,8 @@ ALL_CHECKS = {"direct.connect", "direct.advisory_lock", "direct.listen_notify", 
 def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
     stack = new_stack(client)
     stack.config["poolkit:postgres"]["publish"] = False
-    try:
-        bring_up(stack)
+    with brought_up(stack, None):
         yield stack
-    finally:
-        left = stack.tear_down()
-        assert left == {"containers": [], "networks": [], "volumes": []}, left
 
 
 def test_direct_url_names_postgres_on_the_private_network(stack: E2EStack) -> None:
