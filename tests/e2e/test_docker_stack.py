@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import docker
 import psycopg
@@ -35,6 +35,7 @@ from tests.backends import peak_backends
 from tests.drivers import harness
 from tests.infra.docker_facts import container_facts
 from tests.pulumi.harness import PROJECT
+from tests.security.helpers import env_passwords
 
 from . import multi_pooler
 from .conftest import FIGURES
@@ -90,15 +91,6 @@ def stack(client: docker.DockerClient) -> Iterator[E2EStack]:
     with brought_up(stack, title, build_cache=BUILD_CACHE,
                     timings_file=LOG_DIR / "e2e-timings.json"):  # fmt: skip
         yield stack
-
-
-def passwords(stack: E2EStack) -> set[str]:
-    """Every password of the stack: generated ones and those in the .env URLs."""
-    found = set(stack.passwords.values())
-    for key, value in stack.env().items():
-        if key.endswith("_URL") and (password := urlsplit(value).password):
-            found |= {password, unquote(password)}
-    return found
 
 
 def container_ip(stack: E2EStack, role: str) -> str:
@@ -185,7 +177,7 @@ def test_env_file_is_private_and_names_the_published_ports(stack: E2EStack) -> N
 
 def test_no_password_in_server_container_config_or_any_log(stack: E2EStack) -> None:
     """Postgres and PgBouncer get files, never passwords in env or args; no log prints one."""
-    known = passwords(stack)
+    known = env_passwords(stack.env(), stack.passwords.values())  # generated ones too
     assert len(stack.passwords) == 5  # superuser, migrator, app, PgBouncer admin and stats
     for role in ("postgres", "pgbouncer"):
         config = stack.container(role).attrs["Config"]

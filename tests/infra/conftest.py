@@ -21,6 +21,7 @@ import pytest
 
 from poolkit.envfile import read_env
 from tests.conftest import REPO_ROOT
+from tests.security.helpers import env_passwords
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class Deployment:
 
     def env(self) -> dict[str, str]:
         return read_env(Path(self.env_file))
+
+    def passwords(self) -> set[str]:
+        """Every password of the deployment: those in its .env URLs and the extra secrets."""
+        return env_passwords(self.env(), self.extra_secrets)
 
 
 def local_facts(state_dir: Path) -> Deployment:

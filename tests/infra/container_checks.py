@@ -11,8 +11,6 @@ the server runs as, so what it can read the server can read.
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
-
 import pytest
 from testinfra.host import Host
 
@@ -39,15 +37,6 @@ FILES = {
     ],
 }
 """Uploaded files (modes the components give) and the images' directories."""
-
-
-def passwords(deployment: Deployment) -> set[str]:
-    """Every password of the deployment: those in its .env URLs and the extra secrets."""
-    found = set(deployment.extra_secrets)
-    for key, value in deployment.env().items():
-        if key.endswith("_URL") and (password := urlsplit(value).password):
-            found |= {password, unquote(password)}
-    return {p for p in found if p}
 
 
 def test_server_is_pid_1_as_the_postgres_user(host: Host) -> None:
@@ -86,7 +75,7 @@ def test_file_owned_by_the_server_user_with_its_mode(host: Host, path: str, mode
 
 
 def test_secret_files_hold_verifiers_not_passwords(host: Host, deployment: Deployment) -> None:
-    known = passwords(deployment)
+    known = deployment.passwords()
     assert known
     for path in deployment.private_files:
         content = host.file(path).content_string

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, urlsplit
 
 import psycopg
 import pytest
@@ -19,14 +18,6 @@ KEY_SETTINGS = ("shared_buffers", "max_connections", "password_encryption", "wor
 def _pids(host: Host, name: str) -> list[int]:
     output = host.check_output(f"ps -C {name} -o pid= || true")
     return [int(pid) for pid in output.split()]
-
-
-def _passwords(deployment: Deployment) -> set[str]:
-    found = set(deployment.extra_secrets)
-    for key, value in deployment.env().items():
-        if key.endswith("_URL") and (password := urlsplit(value).password):
-            found |= {password, unquote(password)}
-    return {p for p in found if p}
 
 
 def _listener(host: Host, port: int) -> tuple[str, int]:
@@ -94,7 +85,7 @@ def test_postgres_applies_the_rendered_setting(
 
 def test_no_password_in_any_command_line(host: Host, deployment: Deployment) -> None:
     command_lines = host.check_output("ps -eww -o args=")
-    passwords = _passwords(deployment)
+    passwords = deployment.passwords()
     assert passwords
     leaked = sum(p in command_lines for p in passwords)  # a count: never print a password
     assert leaked == 0, f"{leaked} password(s) show up in ps output"
@@ -102,7 +93,7 @@ def test_no_password_in_any_command_line(host: Host, deployment: Deployment) -> 
 
 @pytest.mark.parametrize("name", ["postgres", "pgbouncer"])
 def test_no_password_in_server_environments(host: Host, deployment: Deployment, name: str) -> None:
-    passwords = _passwords(deployment)
+    passwords = deployment.passwords()
     assert passwords
     pids = _pids(host, name)
     assert pids, f"no {name} process found: nothing was checked"

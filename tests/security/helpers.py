@@ -6,9 +6,10 @@ import json
 import os
 import socket
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import psutil
 import psycopg
@@ -29,6 +30,16 @@ def password_forms(stack: LocalStack) -> set[str]:
         password = credential["password"] if isinstance(credential, dict) else credential
         found |= {password, quote(password, safe="")}
     return found
+
+
+def env_passwords(env: dict[str, str], known: Iterable[str] = ()) -> set[str]:
+    """``known`` and every password in ``env``'s ``*_URL`` values, as written and decoded;
+    no empty one (it would be found in any text)."""
+    found = set(known)
+    for key, value in env.items():
+        if key.endswith("_URL") and (password := urlsplit(value).password):
+            found |= {password, unquote(password)}
+    return {p for p in found if p}
 
 
 def leaks(text: str, forms: set[str]) -> int:
