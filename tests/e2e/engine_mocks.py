@@ -225,9 +225,9 @@ class Applied:
     """What ``new_resource`` returned (inputs, secrets still wrapped, plus computed outputs)."""
     delete_before_replace: bool
     digest: str = ""
+    """Images: the build context's digest, which is what makes the provider rebuild."""
     retain_on_delete: bool = False
     """Deleting only drops it from the state; the engine keeps it (``retain_on_delete``)."""
-    """Images: the build context's digest, which is what makes the provider rebuild."""
 
 
 class OptionsMonitor(MockMonitor):
