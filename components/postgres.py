@@ -20,6 +20,7 @@ from components.common import (
     tls_uploads,
     upload,
 )
+from poolkit.config import read_ca_file
 from poolkit.layouts import POSTGRES_ALIAS as NETWORK_ALIAS
 from poolkit.layouts import postgres_limits
 from poolkit.render import (
@@ -143,12 +144,17 @@ class Postgres(pulumi.ComponentResource):
 
     @staticmethod
     def _backup_uploads(args: PostgresArgs) -> list[docker.ContainerUploadArgs]:
-        """pgbackrest.conf (the repository's passphrase), the superuser's password file and the
-        schedule the image's poolkit-backup-scheduler follows (the entrypoint starts it)."""
+        """pgbackrest.conf (the repository's passphrase), the superuser's password file, the
+        schedule the image's poolkit-backup-scheduler follows (the entrypoint starts it) and the
+        S3 server's CA when ``backup.s3_ca_file`` names one."""
         stack, layout = args.stack, args.layout
         conf = args.secrets.apply(lambda s: render_pgbackrest_conf(stack, s, layout))
-        return [upload(layout.pgbackrest_conf, pulumi.Output.secret(conf), "0600"),
-                upload(layout.pgpass, pulumi.Output.secret(args.secrets.apply(render_pgpass)),
-                       "0600"),
-                upload(f"{layout.config_dir}/{BACKUP_SCHEDULE}",
-                       render_backup_schedule(stack, layout), "0644")]  # fmt: skip
+        uploads = [upload(layout.pgbackrest_conf, pulumi.Output.secret(conf), "0600"),
+                   upload(layout.pgpass, pulumi.Output.secret(args.secrets.apply(render_pgpass)),
+                          "0600"),
+                   upload(f"{layout.config_dir}/{BACKUP_SCHEDULE}",
+                          render_backup_schedule(stack, layout), "0644")]  # fmt: skip
+        s3_ca = read_ca_file(stack.backup.s3_ca_file)  # public: read on this machine
+        if s3_ca:
+            uploads.append(upload(layout.s3_ca_file, s3_ca, "0644"))
+        return uploads

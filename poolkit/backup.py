@@ -105,6 +105,11 @@ def _utc(epoch: float) -> datetime:
 def _explain(done: Done, what: str) -> str:
     """pgBackRest's error turned into what went wrong and what to do."""
     text = done.output
+    if re.search(r"unable to verify certificate|in certificate common name or subject", text):
+        return (f"{what}: TLS verification of the S3 server's certificate failed, nothing was "
+                "written to the bucket. Fix: set poolkit:backup.s3_ca_file to the PEM file of "
+                "the CA that signed that certificate, and check that the certificate names the "
+                f"host of poolkit:backup.s3_endpoint (pgbackrest: {_errors(text)})")  # fmt: skip
     if re.search(r"CryptoError|FormatError|decrypt|repo encrypted|\[095\]|magic", text, re.I):
         return (f"{what}: the repository cannot be decrypted with this stack's passphrase "
                 "(poolkit keeps it in secrets.json locally, in Pulumi state for Docker). Use "

@@ -256,6 +256,9 @@ class BackupSpec:
     """host (virtual-hosted buckets) | path (MinIO and other S3-compatible servers)."""
     s3_verify_tls: bool = True
     """Verify the S3 server's certificate; false only for a test server on loopback."""
+    s3_ca_file: str | None = None
+    """Absolute path (on the machine that runs poolkit) of the PEM file of the CA that signed
+    the S3 server's certificate, for a private CA; None: the system's trust store."""
 
 
 @dataclass(frozen=True)
@@ -364,6 +367,35 @@ def _matches(pattern: re.Pattern[str], what: str) -> Check:
     return lambda v: None if pattern.match(v) else f"must be {what}"
 
 
+_ABSOLUTE_FILE = _matches(re.compile(r"^/[^\0\n;#]*$"), "an absolute file path")
+"""A file on the machine that runs poolkit (a CA file), named without ambiguity."""
+
+
+def read_ca_file(path: str | None) -> str | None:
+    """A CA file's PEM text (validated by ``ca_file_problem``), or None without one."""
+    return Path(path).read_text(encoding="ascii") if path else None
+
+
+def ca_file_problem(key: str, path: str | None, whose: str) -> Problem | None:
+    """Why the CA file at ``path`` (the value of ``key``) is unusable: it cannot be read, or it
+    holds no PEM certificate; None when fine or not given. ``whose``: whose CA it is."""
+    if not path:
+        return None
+    try:
+        text = read_ca_file(path) or ""
+    except (OSError, UnicodeDecodeError) as error:
+        return Problem(key, path, f"cannot be read ({type(error).__name__}: {error})",
+                       f"give the path of the PEM file of {whose} CA")  # fmt: skip
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        return Problem(key, path, "holds no PEM certificate",
+                       "give the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)")
+    return None
+
+
 def _size_check(v: str) -> str | None:
     try:
         size = parse_size(v)
@@ -444,9 +476,7 @@ EXTERNAL_RULES: dict[str, Rule] = {
     "sslmode": Rule(str, "use verify-full (or verify-ca, require); traffic leaves the host",
                     _one_of(*SERVER_SSLMODES)),
     "ca_file": Rule(str, "give the absolute path of the PEM file of the CA that signed the "
-                         "server's certificate",
-                    _matches(re.compile(r"^/[^\0\n;#]*$"), "an absolute file path"),
-                    optional=True),
+                         "server's certificate", _ABSOLUTE_FILE, optional=True),
     "max_connections": Rule(int, "use the server's max_connections (20 to 100000), or remove it "
                                  "to read it from the server", _between(20, 100000),
                             optional=True),
@@ -552,6 +582,8 @@ BACKUP_RULES: dict[str, Rule] = {
                     _matches(re.compile(r"^/[A-Za-z0-9._/-]*$"), "an absolute folder")),
     "s3_uri_style": Rule(str, "use host or path", _one_of("host", "path")),
     "s3_verify_tls": Rule(bool, "use true or false (false only for a test server)"),
+    "s3_ca_file": Rule(str, "give the absolute path of the PEM file of the CA that signed the "
+                            "S3 server's certificate", _ABSOLUTE_FILE, optional=True),
 }  # fmt: skip
 
 
@@ -905,6 +937,7 @@ def _backup_checks(stack: StackConfig, problems: list[Problem]) -> None:
         problems.append(Problem(f"{where}.enabled", True, "cannot back up an external Postgres "
                                 "(poolkit does not run it, so it cannot archive its WAL)",
                                 "back it up where it runs, or remove poolkit:backup"))
+    _s3_ca_checks(backup, problems)
     if not (backup.enabled and backup.repo == "s3"):
         return
     for key in ("s3_bucket", "s3_endpoint", "s3_region", "s3_key"):
@@ -917,6 +950,27 @@ def _backup_checks(stack: StackConfig, problems: list[Problem]) -> None:
             f"pulumi config set --secret {NAMESPACE}:{S3_SECRET_KEY} …, or export "
             f"{S3_SECRET_ENV} (local target)",
         ))  # fmt: skip
+
+
+def _s3_ca_checks(backup: BackupSpec, problems: list[Problem]) -> None:
+    """``s3_ca_file`` verifies an S3 server: only with repo s3 and verification on, and a
+    readable PEM file."""
+    key = f"{NAMESPACE}:backup.s3_ca_file"
+    if not backup.s3_ca_file:
+        return
+    if backup.repo != "s3":
+        problems.append(Problem(key, backup.s3_ca_file, f"is set but repo is {backup.repo}: "
+                                "only an S3 repository is reached over TLS",
+                                "remove s3_ca_file, or use repo: s3"))  # fmt: skip
+        return
+    if not backup.s3_verify_tls:
+        problems.append(Problem(key, backup.s3_ca_file, "is set but s3_verify_tls is false, so "
+                                "the S3 server's certificate would not be checked against it",
+                                "remove s3_verify_tls: false (the CA file is what makes "
+                                "verification pass), or remove s3_ca_file"))  # fmt: skip
+    problem = ca_file_problem(key, backup.s3_ca_file, "the S3 server's")
+    if problem:
+        problems.append(problem)
 
 
 def _warnings(stack: StackConfig) -> tuple[str, ...]:

@@ -32,7 +32,15 @@ from typing import Any
 
 import psycopg
 
-from poolkit.config import NAMESPACE, ConfigError, ExternalPostgres, Problem, StackConfig
+from poolkit.config import (
+    NAMESPACE,
+    ConfigError,
+    ExternalPostgres,
+    Problem,
+    StackConfig,
+    ca_file_problem,
+    read_ca_file,
+)
 from poolkit.envfile import write_private
 from poolkit.sizing import DIRECT_HEADROOM, Plan
 
@@ -61,34 +69,19 @@ def ca_path(external: ExternalPostgres) -> Path | None:
 
 def server_ca_pem(stack: StackConfig) -> str | None:
     """The external server's CA as PEM text (``ca_file`` read), or None without one."""
-    path = ca_path(stack.postgres.external) if stack.postgres.external else None
-    return path.read_text(encoding="ascii") if path else None
+    external = stack.postgres.external
+    return read_ca_file(external.ca_file) if external else None
 
 
 def ca_problems(stack: StackConfig) -> list[Problem]:
     """The CA file's problem (unreadable, no PEM), checked offline; empty when fine."""
     external = stack.postgres.external
-    problem = _ca_problem(external, ca_path(external)) if external else None
+    problem = _ca_problem(external) if external else None
     return [problem] if problem else []
 
 
-def _ca_problem(external: ExternalPostgres, path: Path | None) -> Problem | None:
-    if path is None:
-        return None
-    try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as error:
-        return Problem(f"{WHERE}.ca_file", external.ca_file,
-                       f"cannot be read ({type(error).__name__}: {error})",
-                       "give the path of the PEM file of the server's CA")  # fmt: skip
-    from cryptography import x509
-
-    try:
-        x509.load_pem_x509_certificates(text.encode())
-    except ValueError:
-        return Problem(f"{WHERE}.ca_file", external.ca_file, "holds no PEM certificate",
-                       "give the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)")
-    return None
+def _ca_problem(external: ExternalPostgres) -> Problem | None:
+    return ca_file_problem(f"{WHERE}.ca_file", external.ca_file, "the server's")
 
 
 def connect_kwargs(
@@ -118,7 +111,7 @@ def check(stack: StackConfig, plan: Plan, password: str | None) -> ServerFacts:
     external = stack.postgres.external
     assert external is not None
     problems: list[Problem] = []
-    ca_problem = _ca_problem(external, ca_path(external))
+    ca_problem = _ca_problem(external)
     if ca_problem:
         problems.append(ca_problem)
     if not password:

@@ -74,9 +74,16 @@ class Layout:
     def pgpass(self) -> str:
         return f"{self.config_dir}/{PGPASS}"
 
+    @property
+    def s3_ca_file(self) -> str:
+        """Where pgBackRest reads ``backup.s3_ca_file``'s copy (repo1-storage-ca-file)."""
+        return f"{self.config_dir}/{S3_CA}"
+
 
 PGBACKREST_CONF = "pgbackrest.conf"
 PGPASS = "superuser.pgpass"
+S3_CA = "s3-ca.crt"
+"""The S3 server's CA (``backup.s3_ca_file``), copied beside pgbackrest.conf."""
 BACKUP_SCHEDULE = "backup-schedule"
 """What poolkit-backup-scheduler runs when (both targets)."""
 """libpq password file of the superuser, for pgBackRest's connection over the private socket."""

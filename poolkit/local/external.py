@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 
 from poolkit.config import StackConfig
 from poolkit.envfile import write_private
 from poolkit.local.errors import LocalError
+from poolkit.local.files import copy_private
 from poolkit.local.host import Host
 from poolkit.local.machine import own
 from poolkit.local.progress import Journal
@@ -21,10 +21,7 @@ def install_ca(stack: StackConfig, host: Host) -> None:
     external = stack.postgres.external
     if external is None or not external.ca_file:
         return
-    target = host.paths.conf / SERVER_CA
-    shutil.copyfile(external.ca_file, target)
-    target.chmod(0o600)
-    own(target, host.user)
+    copy_private(external.ca_file, host.paths.conf / SERVER_CA, host.user)
 
 
 def apply_init_sql(stack: StackConfig, host: Host, password: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import shutil
 from pathlib import Path
 
 from poolkit import tls
@@ -61,6 +62,13 @@ def write_conf(conf: Path, files: dict[str, str], user: ServiceUser) -> dict[str
         write_private(path, text)
         own(path, user)
     return changed
+
+
+def copy_private(source: str, target: Path, user: ServiceUser) -> None:
+    """Copy a file given on this machine (a CA) into the state dir: 0600, the service user's."""
+    shutil.copyfile(source, target)
+    target.chmod(0o600)
+    own(target, user)
 
 
 def ensure_tls(conf: Path, user: ServiceUser, stack: StackConfig) -> bool:

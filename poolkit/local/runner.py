@@ -44,7 +44,7 @@ from poolkit.local.processes import port_in_use, port_listening, process_user, r
 from poolkit.local.progress import Journal, Progress
 from poolkit.local.state import SUPERVISOR, Paths, StackState
 from poolkit.peering import Peer
-from poolkit.render import pgbouncer_peers, render_all
+from poolkit.render import S3_CA, pgbouncer_peers, render_all
 from poolkit.sizing import Plan, plan
 from poolkit.split import PEERING_SINCE
 
@@ -189,6 +189,8 @@ class Runner:
             stack_secrets.save(paths.secrets, credentials)
             paths.kept_passphrase.unlink(missing_ok=True)  # secrets.json holds it again
             changed = files.write_conf(paths.conf, rendered, user)
+            if stack.backup.enabled and stack.backup.s3_ca_file:  # repo1-storage-ca-file
+                files.copy_private(stack.backup.s3_ca_file, paths.conf / S3_CA, user)
             rotated = stack.uses_tls and files.ensure_tls(paths.conf, user, stack)
             recorded = self._state(stack, tools, user, replicas, project_root, old,
                                    pgbouncer_peers(the_plan, layout), exporter_ports)
